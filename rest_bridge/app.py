@@ -1,0 +1,98 @@
+"""The Starlette application: route table, request-id middleware, error handlers, lifespan."""
+from __future__ import annotations
+
+import argparse
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rest_bridge import errors
+from rest_bridge.config import BridgeSettings
+from rest_bridge.routes import chat, completions, embeddings, health, models, tokenize
+from rest_bridge.upstream import Upstream
+
+# A client's id is forwarded as gRPC metadata, which only carries printable ASCII.
+_REQUEST_ID = re.compile(r"[!-~]{1,128}")
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class RequestIdMiddleware:
+    """Takes the client's x-request-id (or makes one), keeps it in request.state, echoes it back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get("x-request-id", "")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["x-request-id"] = request_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+ROUTES = [
+    Route("/v1/chat/completions", chat.create_chat_completion, methods=["POST"]),
+    Route("/v1/completions", completions.create_completion, methods=["POST"]),
+    Route("/v1/embeddings", embeddings.create_embedding, methods=["POST"]),
+    Route("/v1/models", models.list_models, methods=["GET"]),
+    Route("/v1/models/{model_id:path}", models.retrieve_model, methods=["GET"]),
+    Route("/health", health.health, methods=["GET"]),
+    Route("/tokenize", tokenize.tokenize, methods=["POST"]),
+    Route("/detokenize", tokenize.detokenize, methods=["POST"]),
+]
+
+
+def create_app(settings: BridgeSettings) -> Starlette:
+    upstream = Upstream(settings.worker_address, settings.request_timeout)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await upstream.close()
+
+    app = Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={
+            errors.APIError: errors.handle_api_error,
+            errors.ClientGone: errors.handle_client_gone,
+            HTTPException: errors.handle_http_exception,
+            Exception: errors.handle_unexpected,
+        },
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
+    app.state.settings = settings
+    app.state.upstream = upstream
+    return app
+
+
+def run_bridge(args: argparse.Namespace) -> None:
+    settings = BridgeSettings.from_args(args)
+    # grpc.aio targets the standard asyncio event loop (its uvloop support is experimental).
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level="info",
+        loop="asyncio",
+    )

@@ -1,0 +1,121 @@
+"""What the routes share: body parsing, the worker's stubs, calls that end with the client, and
+the generation flow of chat and completions (unary or streamed)."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from rest_bridge import schemas, translate
+from rest_bridge.errors import APIError, ClientGone, from_validation_error, rpc_errors
+from rest_bridge.sse import EventStreamResponse, generation_events
+from rest_bridge.upstream import Stubs, Upstream
+from tokenwire.v1 import generation_pb2
+
+Body = TypeVar("Body", bound=BaseModel)
+Result = TypeVar("Result")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def parse_body(request: Request, schema: type[Body]) -> Body:
+    """The JSON object body validated against `schema`; every failure is a 400 with the envelope."""
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise APIError(400, f"Unsupported content type {content_type!r}; send a JSON body (application/json).")
+    raw = await request.body()
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError):
+        raise APIError(400, "We could not parse the JSON body of your request; it must be valid JSON.") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "The request body must be a JSON object.")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as error:
+        raise from_validation_error(error) from None
+
+
+def request_id(request: Request) -> str:
+    return str(request.state.request_id)
+
+
+def upstream(request: Request) -> Upstream:
+    return request.app.state.upstream
+
+
+def stubs_and_options(request: Request) -> tuple[Stubs, dict[str, Any]]:
+    """The next channel's stubs and the keyword arguments for one call (deadline, request id)."""
+    pool = upstream(request)
+    return pool.stubs(), pool.call_options(request_id(request))
+
+
+async def _disconnected(request: Request) -> None:
+    # Called once the body is read: the next ASGI message is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_ready(request: Request, calls: Sequence[grpc.aio.Call], work: Awaitable[Result]) -> Result:
+    """Awaits `work` on `calls`, cancelling every call when it fails or the HTTP client goes away.
+
+    Without this, a client that gives up on a long non-streaming answer would leave the worker
+    generating for nobody.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            raise ClientGone
+        return task.result()
+    except BaseException:
+        for call in calls:
+            call.cancel()
+        raise
+    finally:
+        watcher.cancel()
+        task.cancel()
+
+
+async def _prompt_infos(calls: Sequence[grpc.aio.UnaryStreamCall]) -> list[generation_pb2.PromptInfo]:
+    """The first message of every stream: the worker has validated and admitted the request."""
+    firsts = await asyncio.gather(*(call.read() for call in calls))
+    if not all(isinstance(first, generation_pb2.GenerateStreamResponse) and first.HasField("prompt_info")
+               for first in firsts):
+        raise APIError(502, "The model worker broke the stream protocol (no prompt info).", type="server_error")
+    return [first.prompt_info for first in firsts]
+
+
+async def generate(
+    request: Request,
+    fmt: translate.GenerationFormat,
+    body: schemas.GenerationRequest,
+    protos: Sequence[generation_pb2.GenerateRequest],
+) -> Response:
+    """Runs one call per prompt and answers in `fmt`: JSON, or SSE once every stream has started.
+
+    Errors before the first stream message (validation, context overflow, queue full) are still
+    plain JSON answers with their own status, since no byte of the stream has been sent.
+    """
+    stubs, options = stubs_and_options(request)
+    n = body.choices_per_prompt
+    if body.stream:
+        streams = [stubs.generation.GenerateStream(proto, **options) for proto in protos]
+        with rpc_errors(fmt.params):
+            infos = await until_ready(request, streams, _prompt_infos(streams))
+        header = translate.ResponseHeader.new(fmt.id_prefix, body.model or infos[0].model)
+        return EventStreamResponse(generation_events(fmt, streams, header, n, body.include_usage))
+    calls = [stubs.generation.Generate(proto, **options) for proto in protos]
+    with rpc_errors(fmt.params):
+        responses = await until_ready(request, calls, asyncio.gather(*calls))
+    header = translate.ResponseHeader.new(fmt.id_prefix, body.model or responses[0].prompt_info.model)
+    return JSONResponse(translate.generation_response(fmt, responses, n, header))

@@ -1,0 +1,240 @@
+"""Pydantic models of the OpenAI (and vLLM tokenizer) request bodies.
+
+Unknown fields are accepted and ignored; known OpenAI features that are not implemented yet are
+rejected with a 400 naming the parameter, never silently dropped. Fields default to None so that
+"not sent" stays distinguishable from any value (unset means the model's default).
+"""
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from rest_bridge.errors import CUSTOM_ERROR_TYPE
+
+_UINT32_MAX = 2**32 - 1
+UInt32 = Annotated[int, Field(ge=0, le=_UINT32_MAX)]
+PositiveUInt32 = Annotated[int, Field(ge=1, le=_UINT32_MAX)]
+LogitBias = Annotated[float, Field(ge=-100, le=100)]
+# A prompt after normalization: text or token ids.
+Prompt = str | list[int]
+
+
+def request_error(message: str, param: str | None = None) -> PydanticCustomError:
+    """A validation error whose message is shown as is (with `param` overriding the location)."""
+    return PydanticCustomError(CUSTOM_ERROR_TYPE, message, {"param": param} if param else None)
+
+
+def unsupported(param: str, what: str | None = None) -> PydanticCustomError:
+    return request_error(f"{what or repr(param)} is not supported yet.", param)
+
+
+def _is_token_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _UINT32_MAX
+
+
+def _prompt_list(value: Any, param: str) -> list[Prompt]:
+    """Normalizes OpenAI's four prompt forms to a list of prompts (text or token ids)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value:
+        if all(isinstance(item, str) for item in value):
+            return value
+        if all(_is_token_id(item) for item in value):
+            return [value]
+        if all(isinstance(item, list) and item and all(_is_token_id(t) for t in item) for item in value):
+            return value
+    raise request_error(
+        f"'{param}' must be a string, a list of strings, a list of token ids or a list of token-id "
+        "lists, and not empty.",
+        param,
+    )
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class FunctionCall(_Body):
+    name: str
+    arguments: str
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _arguments_as_text(cls, value: Any) -> Any:
+        # OpenAI sends a JSON text; some clients send the object itself.
+        return json.dumps(value) if isinstance(value, dict | list) else value
+
+
+class ToolCall(_Body):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _join_text_parts(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        texts = []
+        for part in value:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise request_error(f"Content parts of type {kind!r} are not supported yet; only 'text' parts are.")
+            texts.append(part["text"])
+        return "\n".join(texts)
+
+
+class StreamOptions(_Body):
+    include_usage: bool | None = None
+
+
+class GenerationRequest(_Body):
+    """The parameters chat and completions share."""
+
+    model: str | None = None
+    max_tokens: PositiveUInt32 | None = None
+    max_completion_tokens: PositiveUInt32 | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=999)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    repetition_penalty: Annotated[float, Field(ge=0.01, le=5)] | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
+    logit_bias: dict[UInt32, LogitBias] | None = None
+    stop: list[str] | None = None
+    user: str | None = None
+    # Extras of vLLM and other servers.
+    stop_token_ids: list[UInt32] | None = None
+    ignore_eos: bool | None = None
+    min_tokens: UInt32 | None = None
+    include_stop_str_in_output: bool | None = None
+    skip_special_tokens: bool | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: Any) -> Any:
+        if value is None or isinstance(value, list):
+            return value
+        if isinstance(value, str):
+            return [value]
+        raise request_error("'stop' must be a string or a list of strings.", "stop")
+
+    @property
+    def choices_per_prompt(self) -> int:
+        return self.n or 1
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        """max_completion_tokens is OpenAI's newer name of max_tokens; it wins when both are sent."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    add_generation_prompt: bool | None = None
+    # Known OpenAI features, rejected until implemented.
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    response_format: dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: Any = None
+
+    @model_validator(mode="after")
+    def _reject_unsupported(self) -> ChatCompletionRequest:
+        if self.logprobs:
+            raise unsupported("logprobs")
+        if self.top_logprobs:
+            raise unsupported("top_logprobs")
+        if self.tool_choice not in (None, "none"):
+            raise unsupported("tool_choice", "Tool calling")
+        if self.tools and self.tool_choice is None:
+            raise unsupported("tools", "Tool calling")
+        if self.functions or self.function_call not in (None, "none"):
+            raise unsupported("functions" if self.functions else "function_call", "Function calling")
+        if self.response_format is not None and self.response_format.get("type") != "text":
+            kind = self.response_format.get("type")
+            raise unsupported("response_format", f"response_format {kind!r}")
+        return self
+
+
+class CompletionRequest(GenerationRequest):
+    prompt: list[Prompt]
+    # Known OpenAI features, rejected until implemented.
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: Annotated[int, Field(ge=1)] | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _normalize_prompt(cls, value: Any) -> list[Prompt]:
+        return _prompt_list(value, "prompt")
+
+    @model_validator(mode="after")
+    def _reject_unsupported(self) -> CompletionRequest:
+        if self.logprobs is not None:
+            raise unsupported("logprobs")
+        if self.echo:
+            raise unsupported("echo")
+        if self.suffix:
+            raise unsupported("suffix")
+        if self.best_of is not None and self.best_of != self.choices_per_prompt:
+            raise unsupported("best_of", "best_of other than n")
+        return self
+
+
+class EmbeddingRequest(_Body):
+    model: str | None = None
+    input: list[Prompt]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: PositiveUInt32 | None = None
+    user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _normalize_input(cls, value: Any) -> list[Prompt]:
+        return _prompt_list(value, "input")
+
+
+class TokenizeRequest(_Body):
+    """vLLM's /tokenize body: a text prompt or chat messages."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool | None = None
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise request_error("Send exactly one of 'prompt' and 'messages'.", "prompt")
+        return self
+
+
+class DetokenizeRequest(_Body):
+    model: str | None = None
+    tokens: list[UInt32]

@@ -1,0 +1,127 @@
+"""Server-Sent Events: OpenAI's framing, and generation streams turned into chunk events.
+
+Every event is exactly `data: <compact JSON>\\n\\n` and a stream ends with `data: [DONE]\\n\\n`;
+never `id:`, `retry:` or `event:` lines (the OpenAI Python SDK fails on them).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import grpc
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from rest_bridge import translate
+from rest_bridge.errors import from_exception
+from tokenwire.v1 import common_pb2, generation_pb2
+
+DONE = b"data: [DONE]\n\n"
+
+StreamCall = grpc.aio.UnaryStreamCall
+
+
+def encode_event(payload: Mapping[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+class EventStreamResponse(StreamingResponse):
+    """A text/event-stream response that always closes its event generator.
+
+    Closing runs the generator's cleanup (cancelling the gRPC calls) however the response ends:
+    finished, client disconnected, or failed while sending.
+    """
+
+    def __init__(self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
+        )
+        self._events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._events.aclose()
+
+
+async def _pump(
+    prompt_index: int,
+    call: StreamCall,
+    queue: asyncio.Queue[tuple[int, generation_pb2.GenerateStreamResponse | Exception | None]],
+) -> None:
+    """Copies one call's messages to the shared queue, then None (or the call's error)."""
+    try:
+        while (message := await call.read()) is not grpc.aio.EOF:
+            await queue.put((prompt_index, message))
+        await queue.put((prompt_index, None))
+    except Exception as error:  # reported through the queue, raised by the consumer
+        await queue.put((prompt_index, error))
+
+
+async def _messages(
+    calls: Sequence[StreamCall],
+) -> AsyncIterator[tuple[int, generation_pb2.GenerateStreamResponse]]:
+    """The messages of every call as they come, with the index of the call's prompt."""
+    queue: asyncio.Queue[tuple[int, generation_pb2.GenerateStreamResponse | Exception | None]] = asyncio.Queue()
+    pumps = [asyncio.create_task(_pump(i, call, queue)) for i, call in enumerate(calls)]
+    try:
+        open_calls = len(calls)
+        while open_calls:
+            prompt_index, item = await queue.get()
+            if item is None:
+                open_calls -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield prompt_index, item
+    finally:
+        for pump in pumps:
+            pump.cancel()
+
+
+async def generation_events(
+    fmt: translate.GenerationFormat,
+    calls: Sequence[StreamCall],
+    header: translate.ResponseHeader,
+    n: int,
+    include_usage: bool,
+) -> AsyncGenerator[bytes, None]:
+    """Chunk events of GenerateStream calls whose PromptInfo was already read.
+
+    Call i streams the n choices of prompt i, indexed i·n + j. A failure after the first byte
+    becomes an error event; the calls are cancelled when the generator ends early or is closed
+    (client gone), so the worker stops generating.
+    """
+    usages: list[common_pb2.Usage] = []
+
+    def chunk(choices: list[dict[str, Any]], usage: common_pb2.Usage | None = None) -> bytes:
+        return encode_event(translate.stream_chunk(fmt, header, choices, include_usage, usage))
+
+    messages = _messages(calls)
+    try:
+        try:
+            if fmt.opening_choice is not None:
+                for index in range(len(calls) * n):
+                    yield chunk([fmt.opening_choice(index)])
+            async for prompt_index, message in messages:
+                if message.HasField("delta"):
+                    delta = message.delta
+                    reason = translate.finish_reason(delta.finish) if delta.HasField("finish") else None
+                    if delta.text or reason:
+                        yield chunk([fmt.chunk_choice(prompt_index * n + delta.index, delta.text, reason)])
+                elif message.HasField("usage"):
+                    usages.append(message.usage)
+            if include_usage:
+                yield chunk([], translate.sum_usage(usages))
+        except Exception as error:
+            yield encode_event(from_exception(error, fmt.params).body())
+        yield DONE
+    finally:
+        await messages.aclose()
+        for call in calls:
+            call.cancel()

@@ -1,0 +1,379 @@
+"""Pure mappings: OpenAI request bodies → protobuf requests, protobuf responses → OpenAI JSON.
+
+No I/O here, so every mapping is unit-tested without a server.
+"""
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
+
+from rest_bridge import schemas
+from tokenwire.v1 import common_pb2, embedding_pb2, generation_pb2, models_pb2, tokenization_pb2
+
+# Proto field path (as in google.rpc.BadRequest field violations) → OpenAI parameter.
+_GENERATION_PARAMS = {
+    "model": "model",
+    "sampling.n": "n",
+    "sampling.temperature": "temperature",
+    "sampling.top_p": "top_p",
+    "sampling.top_k": "top_k",
+    "sampling.min_p": "min_p",
+    "sampling.seed": "seed",
+    "penalties.presence_penalty": "presence_penalty",
+    "penalties.frequency_penalty": "frequency_penalty",
+    "penalties.repetition_penalty": "repetition_penalty",
+    "penalties.logit_bias": "logit_bias",
+    "stopping.max_new_tokens": "max_tokens",
+    "stopping.min_new_tokens": "min_tokens",
+    "stopping.stop": "stop",
+    "stopping.stop_token_ids": "stop_token_ids",
+    "stopping.include_stop_string": "include_stop_str_in_output",
+    "stopping.ignore_eos": "ignore_eos",
+    "response.skip_special_tokens": "skip_special_tokens",
+}
+CHAT_PARAMS = {
+    **_GENERATION_PARAMS,
+    **dict.fromkeys(("prompt", "chat", "chat.messages", "prompt.chat", "prompt.chat.messages"), "messages"),
+}
+COMPLETION_PARAMS = {
+    **_GENERATION_PARAMS,
+    **dict.fromkeys(("prompt", "text", "token_ids", "token_ids.ids", "prompt.text", "prompt.token_ids"), "prompt"),
+}
+EMBEDDING_PARAMS = {"model": "model", "inputs": "input", "dimensions": "dimensions", "encoding": "encoding_format"}
+TOKENIZE_PARAMS = {
+    "model": "model",
+    "text": "prompt",
+    "input": "prompt",
+    "chat": "messages",
+    "chat.messages": "messages",
+    "add_special_tokens": "add_special_tokens",
+}
+DETOKENIZE_PARAMS = {"model": "model", "token_ids": "tokens"}
+MODELS_PARAMS = {"id": "model"}
+
+FINISH_REASONS = {
+    generation_pb2.FINISH_REASON_STOP: "stop",
+    generation_pb2.FINISH_REASON_LENGTH: "length",
+    generation_pb2.FINISH_REASON_CONTEXT_LENGTH: "length",
+    generation_pb2.FINISH_REASON_TIME_LIMIT: "length",
+    generation_pb2.FINISH_REASON_ABORTED: "stop",
+}
+
+
+# Requests.
+
+
+def _set_sent(message: Message, values: Mapping[str, Any]) -> None:
+    """Sets only the fields the client sent, so that unset keeps meaning "model default"."""
+    for name, value in values.items():
+        if value is not None:
+            setattr(message, name, value)
+
+
+def _apply_generation_params(body: schemas.GenerationRequest, request: generation_pb2.GenerateRequest) -> None:
+    _set_sent(
+        request.sampling,
+        {
+            "n": body.n,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "top_k": body.top_k,
+            "min_p": body.min_p,
+            # OpenAI seeds are signed; the proto's is uint64.
+            "seed": None if body.seed is None else body.seed % 2**64,
+        },
+    )
+    _set_sent(
+        request.penalties,
+        {
+            "presence_penalty": body.presence_penalty,
+            "frequency_penalty": body.frequency_penalty,
+            "repetition_penalty": body.repetition_penalty,
+        },
+    )
+    for token_id, bias in (body.logit_bias or {}).items():
+        request.penalties.logit_bias[token_id] = bias
+    _set_sent(
+        request.stopping,
+        {
+            "max_new_tokens": body.max_new_tokens,
+            "min_new_tokens": body.min_tokens,
+            "include_stop_string": body.include_stop_str_in_output,
+            "ignore_eos": body.ignore_eos,
+        },
+    )
+    request.stopping.stop.extend(body.stop or ())
+    request.stopping.stop_token_ids.extend(body.stop_token_ids or ())
+    _set_sent(request.response, {"skip_special_tokens": body.skip_special_tokens})
+
+
+def chat_message(message: schemas.ChatMessage) -> generation_pb2.ChatMessage:
+    return generation_pb2.ChatMessage(
+        role=message.role,
+        content=message.content or "",
+        name=message.name or "",
+        tool_call_id=message.tool_call_id or "",
+        tool_calls=[
+            generation_pb2.ToolCall(
+                id=call.id,
+                type=call.type,
+                function=generation_pb2.FunctionCall(name=call.function.name, arguments=call.function.arguments),
+            )
+            for call in message.tool_calls or ()
+        ],
+    )
+
+
+def chat_prompt(
+    messages: Sequence[schemas.ChatMessage], add_generation_prompt: bool | None
+) -> generation_pb2.ChatPrompt:
+    prompt = generation_pb2.ChatPrompt(messages=[chat_message(m) for m in messages])
+    if add_generation_prompt is not None:
+        prompt.add_generation_prompt = add_generation_prompt
+    return prompt
+
+
+def chat_request(body: schemas.ChatCompletionRequest, request_id: str) -> generation_pb2.GenerateRequest:
+    request = generation_pb2.GenerateRequest(
+        request_id=request_id,
+        model=body.model or "",
+        chat=chat_prompt(body.messages, body.add_generation_prompt),
+    )
+    _apply_generation_params(body, request)
+    return request
+
+
+def completion_requests(body: schemas.CompletionRequest, request_id: str) -> list[generation_pb2.GenerateRequest]:
+    """One request per prompt; the worker serves one prompt per call."""
+    template = generation_pb2.GenerateRequest(request_id=request_id, model=body.model or "")
+    _apply_generation_params(body, template)
+    requests = []
+    for prompt in body.prompt:
+        request = generation_pb2.GenerateRequest()
+        request.CopyFrom(template)
+        if isinstance(prompt, str):
+            request.text = prompt
+        else:
+            request.token_ids.CopyFrom(common_pb2.TokenIds(ids=prompt))
+        requests.append(request)
+    return requests
+
+
+def embed_request(body: schemas.EmbeddingRequest, request_id: str) -> embedding_pb2.EmbedRequest:
+    request = embedding_pb2.EmbedRequest(
+        request_id=request_id,
+        model=body.model or "",
+        inputs=[
+            embedding_pb2.EmbedInput(text=item)
+            if isinstance(item, str)
+            else embedding_pb2.EmbedInput(token_ids=common_pb2.TokenIds(ids=item))
+            for item in body.input
+        ],
+        encoding=(
+            embedding_pb2.EMBEDDING_ENCODING_PACKED_FLOAT32
+            if body.encoding_format == "base64"
+            else embedding_pb2.EMBEDDING_ENCODING_FLOAT
+        ),
+    )
+    _set_sent(request, {"dimensions": body.dimensions})
+    return request
+
+
+def tokenize_request(body: schemas.TokenizeRequest) -> tokenization_pb2.TokenizeRequest:
+    request = tokenization_pb2.TokenizeRequest(model=body.model or "", return_tokens=body.return_token_strs)
+    if body.messages is not None:
+        request.chat.CopyFrom(chat_prompt(body.messages, body.add_generation_prompt))
+    else:
+        request.text = body.prompt or ""
+    _set_sent(request, {"add_special_tokens": body.add_special_tokens})
+    return request
+
+
+def detokenize_request(body: schemas.DetokenizeRequest) -> tokenization_pb2.DetokenizeRequest:
+    return tokenization_pb2.DetokenizeRequest(model=body.model or "", token_ids=body.tokens)
+
+
+# Responses.
+
+
+@dataclass(frozen=True)
+class ResponseHeader:
+    """What every response and every chunk of one stream share."""
+
+    id: str
+    created: int
+    model: str
+
+    @classmethod
+    def new(cls, id_prefix: str, model: str) -> ResponseHeader:
+        return cls(id=f"{id_prefix}-{uuid.uuid4().hex}", created=int(time.time()), model=model)
+
+    def fields(self, object_name: str) -> dict[str, Any]:
+        return {"id": self.id, "object": object_name, "created": self.created, "model": self.model}
+
+
+def finish_reason(finish: generation_pb2.FinishInfo) -> str:
+    return FINISH_REASONS.get(finish.reason, "stop")
+
+
+def sum_usage(usages: Iterable[common_pb2.Usage]) -> common_pb2.Usage:
+    total = common_pb2.Usage()
+    for usage in usages:
+        total.prompt_tokens += usage.prompt_tokens
+        total.completion_tokens += usage.completion_tokens
+        total.total_tokens += usage.total_tokens
+        total.cached_tokens += usage.cached_tokens
+        total.estimated_cost += usage.estimated_cost
+    return total
+
+
+def usage_dict(usage: common_pb2.Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "estimated_cost": usage.estimated_cost,
+    }
+
+
+def _chat_choice(index: int, sequence: generation_pb2.Sequence) -> dict[str, Any]:
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": sequence.text, "refusal": None},
+        "logprobs": None,
+        "finish_reason": finish_reason(sequence.finish),
+    }
+
+
+def _completion_choice(index: int, sequence: generation_pb2.Sequence) -> dict[str, Any]:
+    return {"index": index, "text": sequence.text, "logprobs": None, "finish_reason": finish_reason(sequence.finish)}
+
+
+def _chat_chunk_opening(index: int) -> dict[str, Any]:
+    return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+
+
+def _chat_chunk_choice(index: int, text: str, reason: str | None) -> dict[str, Any]:
+    return {"index": index, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": reason}
+
+
+def _completion_chunk_choice(index: int, text: str, reason: str | None) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+
+
+@dataclass(frozen=True)
+class GenerationFormat:
+    """How one generation endpoint (chat or completions) shapes its answers."""
+
+    id_prefix: str
+    object_name: str
+    chunk_object_name: str
+    params: Mapping[str, str]
+    choice: Callable[[int, generation_pb2.Sequence], dict[str, Any]]
+    chunk_choice: Callable[[int, str, str | None], dict[str, Any]]
+    # The chunk each choice starts with before any text, if the format has one.
+    opening_choice: Callable[[int], dict[str, Any]] | None = None
+
+
+CHAT = GenerationFormat(
+    id_prefix="chatcmpl",
+    object_name="chat.completion",
+    chunk_object_name="chat.completion.chunk",
+    params=CHAT_PARAMS,
+    choice=_chat_choice,
+    chunk_choice=_chat_chunk_choice,
+    opening_choice=_chat_chunk_opening,
+)
+COMPLETION = GenerationFormat(
+    id_prefix="cmpl",
+    object_name="text_completion",
+    chunk_object_name="text_completion",
+    params=COMPLETION_PARAMS,
+    choice=_completion_choice,
+    chunk_choice=_completion_chunk_choice,
+)
+
+
+def generation_response(
+    fmt: GenerationFormat,
+    responses: Sequence[generation_pb2.GenerateResponse],
+    n: int,
+    header: ResponseHeader,
+) -> dict[str, Any]:
+    """The non-streaming answer; response i holds the n choices of prompt i (index i·n + j)."""
+    choices = [
+        fmt.choice(prompt_index * n + sequence.index, sequence)
+        for prompt_index, response in enumerate(responses)
+        for sequence in response.sequences
+    ]
+    choices.sort(key=lambda choice: choice["index"])
+    return {
+        **header.fields(fmt.object_name),
+        "choices": choices,
+        "usage": usage_dict(sum_usage(response.usage for response in responses)),
+    }
+
+
+def stream_chunk(
+    fmt: GenerationFormat,
+    header: ResponseHeader,
+    choices: list[dict[str, Any]],
+    include_usage: bool,
+    usage: common_pb2.Usage | None = None,
+) -> dict[str, Any]:
+    """One chunk; with include_usage every chunk has a `usage` key, null but on the last one."""
+    chunk = {**header.fields(fmt.chunk_object_name), "choices": choices}
+    if include_usage:
+        chunk["usage"] = None if usage is None else usage_dict(usage)
+    return chunk
+
+
+def embedding_response(
+    response: embedding_pb2.EmbedResponse, model: str, encoding_format: str | None
+) -> dict[str, Any]:
+    def vector(embedding: embedding_pb2.EmbeddingVector) -> list[float] | str:
+        if encoding_format == "base64":
+            return base64.b64encode(embedding.packed).decode("ascii")
+        return list(embedding.values)
+
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": embedding.index, "embedding": vector(embedding)}
+            for embedding in sorted(response.embeddings, key=lambda e: e.index)
+        ],
+        "model": model,
+        "usage": {
+            "prompt_tokens": response.usage.prompt_tokens,
+            "total_tokens": response.usage.total_tokens,
+            "estimated_cost": response.usage.estimated_cost,
+        },
+    }
+
+
+def model_card(info: models_pb2.ModelInfo) -> dict[str, Any]:
+    return {"id": info.id, "object": "model", "created": info.created, "owned_by": info.owned_by or "tokenwire"}
+
+
+def models_list(response: models_pb2.ListModelsResponse) -> dict[str, Any]:
+    return {"object": "list", "data": [model_card(info) for info in response.models]}
+
+
+def tokenize_response(response: tokenization_pb2.TokenizeResponse, return_token_strs: bool) -> dict[str, Any]:
+    return {
+        "count": len(response.token_ids),
+        "max_model_len": response.context_length,
+        "tokens": list(response.token_ids),
+        "token_strs": list(response.tokens) if return_token_strs else None,
+    }
+
+
+def detokenize_response(response: tokenization_pb2.DetokenizeResponse) -> dict[str, Any]:
+    return {"prompt": response.text}

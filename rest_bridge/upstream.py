@@ -1,0 +1,76 @@
+"""The gRPC side of the bridge: a small round-robin pool of channels to one worker."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from tokenwire.v1 import embedding_pb2_grpc, generation_pb2_grpc, models_pb2_grpc, tokenization_pb2_grpc
+
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    # Without it, channels with equal options share one connection and the pool is pointless.
+    ("grpc.use_local_subchannel_pool", 1),
+)
+
+
+@dataclass(frozen=True)
+class Stubs:
+    """Every service stub of the worker, bound to one channel."""
+
+    generation: generation_pb2_grpc.GenerationStub
+    embedding: embedding_pb2_grpc.EmbeddingStub
+    tokenization: tokenization_pb2_grpc.TokenizationStub
+    models: models_pb2_grpc.ModelsStub
+    health: health_pb2_grpc.HealthStub
+
+    @classmethod
+    def on(cls, channel: grpc.aio.Channel) -> Stubs:
+        return cls(
+            generation=generation_pb2_grpc.GenerationStub(channel),
+            embedding=embedding_pb2_grpc.EmbeddingStub(channel),
+            tokenization=tokenization_pb2_grpc.TokenizationStub(channel),
+            models=models_pb2_grpc.ModelsStub(channel),
+            health=health_pb2_grpc.HealthStub(channel),
+        )
+
+
+class Upstream:
+    """Channels to the worker, opened on first use inside the running event loop.
+
+    One HTTP/2 connection carries about 100 concurrent streams, so a couple of channels is plenty
+    for one bridge process.
+    """
+
+    def __init__(self, address: str, timeout: float | None, size: int = 2) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._size = size
+        self._channels: list[grpc.aio.Channel] = []
+        self._stubs: list[Stubs] = []
+        self._next = itertools.count()
+
+    def stubs(self) -> Stubs:
+        """The stubs of the next channel, round-robin."""
+        if not self._channels:
+            self._channels = [
+                grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) for _ in range(self._size)
+            ]
+            self._stubs = [Stubs.on(channel) for channel in self._channels]
+        return self._stubs[next(self._next) % self._size]
+
+    def call_options(self, request_id: str) -> dict[str, Any]:
+        """Keyword arguments of every call: the deadline and the request id as metadata."""
+        return {"timeout": self.timeout, "metadata": (("x-request-id", request_id),)}
+
+    async def close(self) -> None:
+        channels, self._channels, self._stubs = self._channels, [], []
+        for channel in channels:
+            await channel.close()

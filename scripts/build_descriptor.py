@@ -1,0 +1,42 @@
+"""Writes the proto descriptor set that Envoy's grpc_json_transcoder filter reads.
+
+`--include_imports` makes the set self-contained (google/api/http.proto and the rest travel with
+it) and `--include_source_info` keeps the comments. Used by deploy/Dockerfile.envoy and by
+tests/deploy; the include paths and the file list are those of gen_proto.py.
+
+The google.rpc detail messages (ErrorInfo, BadRequest, RetryInfo) are added although no
+tokenwire proto imports them: the worker packs them into grpc-status-details-bin, and with
+`convert_grpc_status` Envoy can only print an error body whose detail types it knows.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+from grpc_tools import protoc
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from gen_proto import PROTO_ROOT, include_dirs, proto_files  # noqa: E402
+
+STATUS_DETAIL_PROTOS = ["google/rpc/status.proto", "google/rpc/error_details.proto"]
+
+
+def build_descriptor(out: pathlib.Path) -> pathlib.Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = ["protoc", *(f"-I{d}" for d in include_dirs())]
+    args += ["--include_imports", "--include_source_info", f"--descriptor_set_out={out}"]
+    args += [str(p.relative_to(PROTO_ROOT)) for p in proto_files()] + STATUS_DETAIL_PROTOS
+    if protoc.main(args) != 0:
+        sys.exit("protoc failed")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="descriptor set to write")
+    build_descriptor(parser.parse_args().out)
+
+
+if __name__ == "__main__":
+    main()

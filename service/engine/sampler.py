@@ -1,0 +1,82 @@
+"""Next-token selection for a batch of rows, each with its own parameters and random generator.
+
+Penalties and logit bias touch a few token ids per row; the filtering (top-k, top-p, min-p) and
+the draw run as batched tensor operations. Each row draws its uniform number from its own
+seeded generator and samples by inverse CDF, so a row's tokens do not depend on which other
+rows share the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from service.engine.types import SamplingParams
+
+
+@dataclass
+class SamplingRow:
+    params: SamplingParams
+    generator: torch.Generator
+    prompt_ids: tuple[int, ...]
+    output_ids: list[int] = field(default_factory=list)
+    # Tokens that may not be chosen yet (EOS and stop tokens before min_new_tokens).
+    banned_ids: frozenset[int] = frozenset()
+
+
+def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    """In place, row by row: repetition (multiplicative, prompt and output), presence and
+    frequency (additive, output only, OpenAI semantics), logit bias, banned tokens."""
+    device = logits.device
+    for i, row in enumerate(rows):
+        p = row.params
+        if p.repetition_penalty != 1.0:
+            seen = torch.tensor(sorted(set(row.prompt_ids) | set(row.output_ids)), device=device)
+            if seen.numel():
+                values = logits[i, seen]
+                logits[i, seen] = torch.where(
+                    values > 0, values / p.repetition_penalty, values * p.repetition_penalty
+                )
+        if row.output_ids and (p.presence_penalty or p.frequency_penalty):
+            ids, counts = torch.tensor(row.output_ids, device=device).unique(return_counts=True)
+            logits[i, ids] -= p.presence_penalty + p.frequency_penalty * counts.to(logits.dtype)
+        if p.logit_bias:
+            ids = torch.tensor(list(p.logit_bias), device=device)
+            logits[i, ids] += torch.tensor(list(p.logit_bias.values()), device=device)
+        if row.banned_ids:
+            logits[i, torch.tensor(list(row.banned_ids), device=device)] = float("-inf")
+
+
+def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
+    """Picks one token per row of `logits` ([rows, vocab]) and returns the token ids."""
+    logits = logits.float().clone()
+    _apply_penalties(logits, rows)
+    greedy = [row.params.greedy for row in rows]
+    if all(greedy):
+        return logits.argmax(dim=-1).tolist()
+
+    device, vocab = logits.device, logits.shape[-1]
+
+    def column(values: list[float]) -> torch.Tensor:
+        return torch.tensor(values, device=device, dtype=torch.float32).unsqueeze(1)
+
+    temperature = column([row.params.temperature or 1.0 for row in rows])
+    top_k = column([row.params.top_k or vocab for row in rows])
+    top_p = column([row.params.top_p for row in rows])
+    min_p = column([row.params.min_p for row in rows])
+
+    sorted_logits, sorted_ids = (logits / temperature).sort(dim=-1, descending=True)
+    ranks = torch.arange(vocab, device=device).unsqueeze(0)
+    sorted_logits = sorted_logits.masked_fill(ranks >= top_k, float("-inf"))
+    probs = sorted_logits.softmax(dim=-1)
+    # Top-p keeps the smallest prefix whose mass reaches top_p (always at least one token).
+    mass_before = probs.cumsum(dim=-1) - probs
+    drop = (mass_before >= top_p) | (probs < min_p * probs[:, :1])
+    drop[:, 0] = False
+    probs = probs.masked_fill(drop, 0.0)
+    cdf = probs.cumsum(dim=-1)
+    draws = torch.stack([torch.rand((), generator=row.generator) for row in rows]).to(device)
+    picked = torch.searchsorted(cdf, (draws * cdf[:, -1]).unsqueeze(1)).clamp_(max=vocab - 1)
+    sampled = sorted_ids.gather(1, picked).squeeze(1)
+    chosen = torch.where(torch.tensor(greedy, device=device), logits.argmax(dim=-1), sampled)
+    return chosen.tolist()

@@ -1,0 +1,147 @@
+"""Turns a model spec (`[ID=]PATH` or a packaged model id) into a served, warmed-up model."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pathlib
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from service.config import WorkerSettings
+from service.engine.embedder import Embedder
+from service.engine.engine import GenerationEngine
+from service.engine.runner import ModelRunner
+from service.models.hardware import dtype_name, resolve_device, resolve_dtype
+from service.models.packaged import PACKAGED_MODELS
+from service.models.registry import EmbeddingModel, GenerationModel, ModelCard, ModelKind
+from service.models.weights import converted_gguf_dir, weights_version
+
+log = logging.getLogger(__name__)
+
+# generation_config keys that act as sampling defaults when a request leaves them unset.
+_SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    model_id: str
+    path: pathlib.Path
+
+
+def parse_spec(spec: str) -> ModelSource:
+    """`org/name` of a packaged model, `ID=PATH`, or a bare PATH (id = directory or file name)."""
+    if spec in PACKAGED_MODELS:
+        return ModelSource(spec, PACKAGED_MODELS[spec].locate())
+    model_id, sep, path = spec.partition("=")
+    if not sep:
+        path = spec
+        model_id = pathlib.Path(spec).name.removesuffix(".gguf")
+    resolved = pathlib.Path(path).expanduser()
+    if not resolved.exists():
+        raise FileNotFoundError(f"model {spec!r}: {resolved} does not exist")
+    return ModelSource(model_id, resolved)
+
+
+def _deploy_id(model_id: str, version: str) -> str:
+    """Stable across restarts and replicas serving the same weights."""
+    return hashlib.sha256(f"{model_id}:{version}".encode()).hexdigest()[:16]
+
+
+def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationModel:
+    source = parse_spec(spec)
+    started = time.monotonic()
+    version = weights_version(source.path, settings.cache_dir)
+    hf_dir = source.path
+    if source.path.suffix == ".gguf":
+        hf_dir = converted_gguf_dir(source.path, version, settings.cache_dir)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).to(device).eval()
+
+    eos = set(_as_list(model.generation_config.eos_token_id))
+    if tokenizer.eos_token_id is not None:
+        eos.add(tokenizer.eos_token_id)
+    configured = model.generation_config.to_diff_dict()
+    engine = GenerationEngine(
+        ModelRunner(model, device),
+        tokenizer,
+        frozenset(eos),
+        max_running=settings.max_running,
+        max_waiting=settings.max_waiting,
+    )
+    card = ModelCard(
+        model_id=source.model_id,
+        kind=ModelKind.GENERATION,
+        version=version,
+        deploy_id=_deploy_id(source.model_id, version),
+        created=int(time.time()),
+        context_length=int(getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length),
+        device=str(device),
+        dtype=dtype_name(dtype),
+        has_chat_template=bool(tokenizer.chat_template),
+        eos_token_ids=tuple(sorted(eos)),
+    )
+    log.info("loaded %s:%s on %s/%s in %.1fs", card.model_id, version, device, card.dtype,
+             time.monotonic() - started)
+    return GenerationModel(
+        card=card,
+        tokenizer=tokenizer,
+        engine=engine,
+        sampling_defaults={k: configured[k] for k in _SAMPLING_DEFAULT_KEYS if k in configured},
+    )
+
+
+def load_embedding_model(spec: str, settings: WorkerSettings) -> EmbeddingModel:
+    """A sentence-transformers style directory: pooling and normalization from its module files."""
+    source = parse_spec(spec)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device, embedding=True)
+    tokenizer = AutoTokenizer.from_pretrained(source.path)
+    model = AutoModel.from_pretrained(source.path, dtype=dtype).to(device).eval()
+    pooling, normalize, max_length = _sentence_transformers_settings(source.path)
+    context_length = max_length or min(tokenizer.model_max_length, model.config.max_position_embeddings)
+    version = weights_version(source.path, settings.cache_dir)
+    card = ModelCard(
+        model_id=source.model_id,
+        kind=ModelKind.EMBEDDING,
+        version=version,
+        deploy_id=_deploy_id(source.model_id, version),
+        created=int(time.time()),
+        context_length=context_length,
+        device=str(device),
+        dtype=dtype_name(dtype),
+        embedding_dimension=model.config.hidden_size,
+    )
+    embedder = Embedder(
+        model, device, pad_token_id=tokenizer.pad_token_id or 0, pooling=pooling, normalize=normalize
+    )
+    return EmbeddingModel(card=card, tokenizer=tokenizer, embedder=embedder)
+
+
+def _sentence_transformers_settings(path: pathlib.Path) -> tuple[str, bool, int | None]:
+    """(pooling, normalize, max sequence length) from modules.json and friends; mean pooling,
+    normalized, when the directory is a plain HF encoder."""
+    pooling, normalize, max_length = "mean", True, None
+    modules_file = path / "modules.json"
+    if modules_file.exists():
+        modules = json.loads(modules_file.read_text())
+        normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+        for module in modules:
+            if module.get("type", "").endswith("Pooling"):
+                config = json.loads((path / module["path"] / "config.json").read_text())
+                pooling = "cls" if config.get("pooling_mode_cls_token") else "mean"
+    bert_config = path / "sentence_bert_config.json"
+    if bert_config.exists():
+        max_length = json.loads(bert_config.read_text()).get("max_seq_length")
+    return pooling, normalize, max_length
+
+
+def _as_list(value: int | list[int] | None) -> list[int]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else list(value)

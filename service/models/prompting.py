@@ -1,0 +1,29 @@
+"""Prompts to token ids: chat templates and plain text."""
+from __future__ import annotations
+
+from typing import Any
+
+from jinja2.exceptions import TemplateError
+
+from service.errors import InvalidRequest, WrongModelKind
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    """The prompt text the model's chat template makes of `messages`."""
+    if not tokenizer.chat_template:
+        raise WrongModelKind("This model has no chat template; send a text prompt instead.", field="chat")
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except TemplateError as error:
+        raise InvalidRequest(f"The chat template rejected the messages: {error}", field="chat.messages") from None
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+    # The template already wrote every special token (BOS included), so none are added again.
+    return tokenizer.encode(render_chat(tokenizer, messages, add_generation_prompt), add_special_tokens=False)
+
+
+def encode_text(tokenizer: Any, text: str, add_special_tokens: bool = True) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens)

@@ -1,0 +1,126 @@
+"""GenerateRequest (protobuf) → engine GenerationRequest: defaults, ranges, context length.
+
+The gRPC API is public, so every range is checked here even though the REST bridge checks the
+OpenAI ones too. Unset optional fields take the model's defaults, never zero.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from service.engine.types import GenerationRequest, SamplingParams, StoppingParams
+from service.errors import ContextLengthExceeded, InvalidRequest
+from service.models.registry import GenerationModel
+from service.servicers.prompt_input import generation_prompt_ids
+from tokenwire.v1 import generation_pb2
+
+MAX_N = 128
+MAX_STOP_STRINGS = 16
+
+
+def _optional(message: Any, name: str, default: Any) -> Any:
+    return getattr(message, name) if message.HasField(name) else default
+
+
+def _check_range(value: float, low: float, high: float, field: str, *, low_open: bool = False) -> None:
+    below = value <= low if low_open else value < low
+    if below or value > high:
+        interval = f"{'(' if low_open else '['}{low}, {high}]"
+        raise InvalidRequest(f"`{field.split('.')[-1]}` must be in {interval}, got {value}.", field=field)
+
+
+def _sampling(request: generation_pb2.GenerateRequest, model: GenerationModel) -> SamplingParams:
+    s, p, defaults = request.sampling, request.penalties, model.sampling_defaults
+    params = SamplingParams(
+        temperature=_optional(s, "temperature", defaults.get("temperature", 1.0)),
+        top_p=_optional(s, "top_p", defaults.get("top_p", 1.0)),
+        top_k=_optional(s, "top_k", defaults.get("top_k", 0)),
+        min_p=_optional(s, "min_p", defaults.get("min_p", 0.0)),
+        presence_penalty=_optional(p, "presence_penalty", 0.0),
+        frequency_penalty=_optional(p, "frequency_penalty", 0.0),
+        repetition_penalty=_optional(p, "repetition_penalty", defaults.get("repetition_penalty", 1.0)),
+        logit_bias=dict(p.logit_bias),
+    )
+    _check_range(params.temperature, 0.0, 2.0, "sampling.temperature")
+    _check_range(params.top_p, 0.0, 1.0, "sampling.top_p", low_open=True)
+    _check_range(params.min_p, 0.0, 1.0, "sampling.min_p")
+    _check_range(params.presence_penalty, -2.0, 2.0, "penalties.presence_penalty")
+    _check_range(params.frequency_penalty, -2.0, 2.0, "penalties.frequency_penalty")
+    _check_range(params.repetition_penalty, 0.01, 5.0, "penalties.repetition_penalty")
+    vocab = len(model.tokenizer)
+    for token, bias in params.logit_bias.items():
+        if token >= vocab:
+            raise InvalidRequest(f"logit_bias: token id {token} is outside the vocabulary.", field="penalties.logit_bias")
+        _check_range(bias, -100.0, 100.0, "penalties.logit_bias")
+    return params
+
+
+def _stopping(
+    request: generation_pb2.GenerateRequest, model: GenerationModel, prompt_tokens: int
+) -> StoppingParams:
+    st = request.stopping
+    context = model.card.context_length
+    room = context - prompt_tokens
+    if room <= 0:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context} tokens. However, your prompt is "
+            f"{prompt_tokens} tokens long, which leaves no room for the completion. Please reduce "
+            f"the length of the prompt.",
+            field="prompt",
+        )
+    max_new = _optional(st, "max_new_tokens", room)
+    if max_new < 1:
+        raise InvalidRequest("`max_new_tokens` must be at least 1.", field="stopping.max_new_tokens")
+    if prompt_tokens + max_new > context:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt_tokens + max_new} tokens ({prompt_tokens} in the prompt, {max_new} for the "
+            f"completion). Please reduce the length of the prompt or completion.",
+            field="prompt",
+        )
+    min_new = _optional(st, "min_new_tokens", 0)
+    if min_new > max_new:
+        raise InvalidRequest(
+            f"`min_new_tokens` ({min_new}) must not exceed `max_new_tokens` ({max_new}).",
+            field="stopping.min_new_tokens",
+        )
+    if len(st.stop) > MAX_STOP_STRINGS or any(not s for s in st.stop):
+        raise InvalidRequest(
+            f"`stop` takes at most {MAX_STOP_STRINGS} non-empty strings.", field="stopping.stop"
+        )
+    vocab = len(model.tokenizer)
+    if any(t >= vocab for t in st.stop_token_ids):
+        raise InvalidRequest("A stop token id is outside the vocabulary.", field="stopping.stop_token_ids")
+    time_limit = _optional(st, "time_limit_ms", None)
+    return StoppingParams(
+        max_new_tokens=max_new,
+        min_new_tokens=min_new,
+        stop_strings=tuple(st.stop),
+        stop_token_ids=frozenset(st.stop_token_ids),
+        include_stop_string=st.include_stop_string,
+        ignore_eos=st.ignore_eos,
+        time_limit_s=time_limit / 1000 if time_limit else None,
+        max_new_tokens_is_context_limit=not st.HasField("max_new_tokens"),
+    )
+
+
+def build_generation_request(
+    request: generation_pb2.GenerateRequest, model: GenerationModel, request_id: str
+) -> GenerationRequest:
+    n = _optional(request.sampling, "n", 1)
+    if not 1 <= n <= MAX_N:
+        raise InvalidRequest(f"`n` must be between 1 and {MAX_N}, got {n}.", field="sampling.n")
+    prompt_ids = generation_prompt_ids(request, model.tokenizer)
+    sampling = _sampling(request, model)
+    stopping = _stopping(request, model, len(prompt_ids))
+    seed = _optional(request.sampling, "seed", None)
+    skip_special = _optional(request.response, "skip_special_tokens", True)
+    return GenerationRequest(
+        request_id=request_id,
+        prompt_ids=tuple(prompt_ids),
+        sampling=sampling,
+        stopping=stopping,
+        n=n,
+        seed=random.getrandbits(63) if seed is None else seed,
+        skip_special_tokens=skip_special,
+    )

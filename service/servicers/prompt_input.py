@@ -1,0 +1,70 @@
+"""Prompt fields of the protobuf API (text, token ids, chat) to token ids, validated."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from service.errors import InvalidRequest
+from service.models.prompting import encode_chat, encode_text
+from tokenwire.v1 import generation_pb2
+
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def chat_messages(chat: generation_pb2.ChatPrompt) -> list[dict[str, Any]]:
+    """ChatPrompt messages as the dicts chat templates expect."""
+    if not chat.messages:
+        raise InvalidRequest("`messages` must contain at least one message.", field="chat.messages")
+    messages = []
+    for i, message in enumerate(chat.messages):
+        if message.role not in CHAT_ROLES:
+            raise InvalidRequest(
+                f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}, not {message.role!r}.",
+                field=f"chat.messages[{i}].role",
+            )
+        entry: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.name:
+            entry["name"] = message.name
+        if message.tool_call_id:
+            entry["tool_call_id"] = message.tool_call_id
+        if message.tool_calls:
+            entry["tool_calls"] = [_tool_call(call, i) for call in message.tool_calls]
+        messages.append(entry)
+    return messages
+
+
+def _tool_call(call: generation_pb2.ToolCall, message_index: int) -> dict[str, Any]:
+    try:
+        arguments = json.loads(call.function.arguments or "{}")
+    except ValueError:
+        raise InvalidRequest(
+            f"messages[{message_index}].tool_calls: arguments of {call.function.name!r} are not valid JSON.",
+            field=f"chat.messages[{message_index}].tool_calls",
+        ) from None
+    return {"id": call.id, "type": call.type or "function",
+            "function": {"name": call.function.name, "arguments": arguments}}
+
+
+def check_token_ids(ids: list[int], vocab_size: int, field: str) -> list[int]:
+    if not ids:
+        raise InvalidRequest("The prompt must contain at least one token.", field=field)
+    bad = next((t for t in ids if t >= vocab_size), None)
+    if bad is not None:
+        raise InvalidRequest(f"Token id {bad} is outside the vocabulary (size {vocab_size}).", field=field)
+    return list(ids)
+
+
+def generation_prompt_ids(request: generation_pb2.GenerateRequest, tokenizer: Any) -> list[int]:
+    kind = request.WhichOneof("prompt")
+    if kind == "text":
+        if not request.text:
+            raise InvalidRequest("The prompt must not be empty.", field="prompt")
+        return encode_text(tokenizer, request.text)
+    if kind == "token_ids":
+        return check_token_ids(list(request.token_ids.ids), len(tokenizer), "prompt")
+    if kind == "chat":
+        add_generation_prompt = (
+            request.chat.add_generation_prompt if request.chat.HasField("add_generation_prompt") else True
+        )
+        return encode_chat(tokenizer, chat_messages(request.chat), add_generation_prompt)
+    raise InvalidRequest("A prompt is required: text, token_ids or chat.", field="prompt")

@@ -1,0 +1,111 @@
+"""The one place where worker errors become gRPC statuses with google.rpc rich details.
+
+An interceptor wraps every tokenwire.v1 handler, so servicers simply raise TokenwireError.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from service.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    NotReady,
+    QueueFull,
+    TokenwireError,
+    WrongModelKind,
+)
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "tokenwire.v1"
+_SERVICE_PREFIX = "/tokenwire.v1."
+
+_CODES: dict[type[TokenwireError], grpc.StatusCode] = {
+    ContextLengthExceeded: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    WrongModelKind: grpc.StatusCode.FAILED_PRECONDITION,
+    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NotReady: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def rich_status(error: TokenwireError) -> tuple[grpc.StatusCode, status_pb2.Status]:
+    code = next((c for cls, c in _CODES.items() if isinstance(error, cls)), grpc.StatusCode.INTERNAL)
+    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))]
+    if error.field:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=[violation])))
+    if isinstance(error, QueueFull):
+        delay = duration_pb2.Duration(seconds=max(1, math.ceil(error.retry_after_s)))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    return code, status_pb2.Status(code=code.value[0], message=error.message, details=details)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    if not isinstance(error, TokenwireError):
+        log.exception("unexpected error", exc_info=error)
+        error = TokenwireError("Internal error while serving the request.")
+    code, status = rich_status(error)
+    await context.abort(
+        code, status.message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),)
+    )
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _abort(context, error)
+
+    return handler
+
+
+def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for message in behavior(request, context):
+                yield message
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _abort(context, error)
+
+    return handler
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(_SERVICE_PREFIX):
+            return handler
+        codec = dict(
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), **codec)
+        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream), **codec)
+        return handler

@@ -1,0 +1,38 @@
+"""Shared fixtures: the real default models, loaded once per test session."""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Converted weights are cached across runs (and shared with `make serve`).
+CACHE_DIR = pathlib.Path(os.environ.get("TOKENWIRE_CACHE_DIR", pathlib.Path.home() / ".cache" / "tokenwire"))
+
+
+@pytest.fixture(scope="session")
+def worker_settings():
+    from service.config import WorkerSettings, add_worker_arguments
+
+    parser = argparse.ArgumentParser()
+    add_worker_arguments(parser)
+    return WorkerSettings.from_args(parser.parse_args(["--cache-dir", str(CACHE_DIR)]))
+
+
+@pytest.fixture(scope="session")
+def generation_model(worker_settings):
+    """The default generation model with its engine running."""
+    from service.models.loading import load_generation_model
+
+    model = load_generation_model(worker_settings.generation_models[0], worker_settings)
+    model.engine.start()
+    yield model
+    model.engine.stop()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(generation_model):
+    return generation_model.tokenizer

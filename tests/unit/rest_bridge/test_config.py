@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from rest_bridge.config import BridgeSettings, add_bridge_arguments
+
+
+def parse(argv: list[str], worker_address_flag: bool = True) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_bridge_arguments(parser, worker_address_flag=worker_address_flag)
+    return parser.parse_args(argv)
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HOST", "PORT"):
+        monkeypatch.delenv(f"TOKENWIRE_HTTP_{name}", raising=False)
+    monkeypatch.delenv("TOKENWIRE_WORKER_ADDRESS", raising=False)
+    monkeypatch.delenv("TOKENWIRE_REQUEST_TIMEOUT", raising=False)
+    settings = BridgeSettings.from_args(parse([]))
+    assert settings == BridgeSettings("127.0.0.1", 8000, "127.0.0.1:50051", 600.0)
+
+
+def test_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENWIRE_HTTP_PORT", "9001")
+    monkeypatch.setenv("TOKENWIRE_WORKER_ADDRESS", "worker:6000")
+    settings = BridgeSettings.from_args(parse(["--http-host", "0.0.0.0", "--request-timeout", "0"]))
+    assert settings.http_port == 9001
+    assert settings.http_host == "0.0.0.0"
+    assert settings.worker_address == "worker:6000"
+    assert settings.request_timeout is None
+
+
+@pytest.mark.parametrize(
+    ("grpc_host", "address"),
+    [("0.0.0.0", "127.0.0.1:7000"), ("::", "127.0.0.1:7000"), ("::1", "[::1]:7000"), ("worker", "worker:7000")],
+)
+def test_serve_derives_the_worker_address(grpc_host: str, address: str) -> None:
+    args = parse([], worker_address_flag=False)
+    assert not hasattr(args, "worker_address")
+    args.grpc_host, args.grpc_port = grpc_host, 7000
+    assert BridgeSettings.from_args(args).worker_address == address
+
+
+def test_flags_do_not_clash_with_the_worker() -> None:
+    parser = argparse.ArgumentParser()
+    add_bridge_arguments(parser)
+    for flag in ("--grpc-host", "--grpc-port", "--model", "--embedding-model", "--device", "--dtype", "--cache-dir"):
+        parser.add_argument(flag)  # argparse raises on a clash

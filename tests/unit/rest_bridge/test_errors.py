@@ -1,0 +1,145 @@
+"""gRPC status → HTTP status + OpenAI envelope, on real AioRpcError objects with rich details."""
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+
+from rest_bridge import translate
+from rest_bridge.errors import APIError, from_exception, from_rpc_error, rpc_errors
+
+
+def rpc_error(code: grpc.StatusCode, message: str, *details: Message) -> grpc.aio.AioRpcError:
+    packed = []
+    for detail in details:
+        wrapped = any_pb2.Any()
+        wrapped.Pack(detail)
+        packed.append(wrapped)
+    status = status_pb2.Status(code=code.value[0], message=message, details=packed)
+    trailing = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=message)
+
+
+def info(reason: str) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason, domain="tokenwire.v1")
+
+
+def violation(field: str) -> error_details_pb2.BadRequest:
+    return error_details_pb2.BadRequest(
+        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description="bad")]
+    )
+
+
+def retry(seconds: float) -> error_details_pb2.RetryInfo:
+    delay = duration_pb2.Duration()
+    delay.FromMilliseconds(int(seconds * 1000))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
+
+
+def envelope(error: APIError) -> dict[str, object]:
+    response = error.response()
+    body = json.loads(response.body)
+    assert list(body) == ["error"] and list(body["error"]) == ["message", "type", "param", "code"]
+    return body["error"]
+
+
+def test_context_length_exceeded() -> None:
+    message = "This model's maximum context length is 2048 tokens, but the prompt has 3000."
+    error = from_rpc_error(
+        rpc_error(grpc.StatusCode.INVALID_ARGUMENT, message, info("CONTEXT_LENGTH_EXCEEDED"), violation("prompt")),
+        translate.CHAT_PARAMS,
+    )
+    assert error.status == 400
+    assert envelope(error) == {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }
+
+
+def test_invalid_parameter_names_the_openai_param() -> None:
+    error = from_rpc_error(
+        rpc_error(
+            grpc.StatusCode.INVALID_ARGUMENT, "max_new_tokens is too large.", info("INVALID_PARAMETER"),
+            violation("stopping.max_new_tokens"),
+        ),
+        translate.COMPLETION_PARAMS,
+    )
+    assert (error.status, error.param, error.code) == (400, "max_tokens", "invalid_parameter")
+
+
+def test_model_not_found() -> None:
+    error = from_rpc_error(
+        rpc_error(grpc.StatusCode.NOT_FOUND, "The model 'x' does not exist.", info("MODEL_NOT_FOUND"), violation("model")),
+        translate.CHAT_PARAMS,
+    )
+    assert envelope(error) == {
+        "message": "The model 'x' does not exist.",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+    assert error.status == 404
+    # Without details the code is still model_not_found.
+    assert from_rpc_error(rpc_error(grpc.StatusCode.NOT_FOUND, "gone"), {}).code == "model_not_found"
+
+
+def test_wrong_model_kind_is_a_400() -> None:
+    error = from_rpc_error(
+        rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "That is an embedding model.", info("WRONG_MODEL_KIND")),
+        translate.CHAT_PARAMS,
+    )
+    assert (error.status, error.type, error.code, error.param) == (400, "invalid_request_error", "wrong_model_kind", None)
+
+
+@pytest.mark.parametrize(("seconds", "header"), [(2.5, "3"), (0.2, "1"), (0, "1"), (None, "1")])
+def test_resource_exhausted_is_a_429_with_retry_after(seconds: float | None, header: str) -> None:
+    details = [info("QUEUE_FULL")] + ([retry(seconds)] if seconds is not None else [])
+    error = from_rpc_error(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "The queue is full.", *details), {})
+    response = error.response()
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == header
+    assert envelope(error)["code"] == "queue_full"
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "error_type"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, 503, "server_error"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout"),
+        (grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
+        (grpc.StatusCode.PERMISSION_DENIED, 403, "authentication_error"),
+        (grpc.StatusCode.INTERNAL, 500, "server_error"),
+        (grpc.StatusCode.UNKNOWN, 500, "server_error"),
+        (grpc.StatusCode.ABORTED, 500, "server_error"),
+    ],
+)
+def test_status_table(code: grpc.StatusCode, status: int, error_type: str) -> None:
+    error = from_rpc_error(rpc_error(code, "Something happened."), {})
+    assert (error.status, error.type, error.message) == (status, error_type, "Something happened.")
+    assert "retry-after" not in error.response().headers
+
+
+def test_channel_errors_without_details_get_a_readable_message() -> None:
+    # What grpc raises itself when the worker cannot be reached: no rich status, a technical text.
+    raw = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+        details="failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1",
+    )
+    error = from_rpc_error(raw, {})
+    assert error.status == 503
+    assert "127.0.0.1" not in error.message and "unavailable" in error.message
+    assert envelope(error)["code"] is None
+
+
+def test_rpc_errors_block_and_unexpected_exceptions() -> None:
+    with pytest.raises(APIError) as caught, rpc_errors(translate.EMBEDDING_PARAMS):
+        raise rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "Empty input.", info("INVALID_PARAMETER"), violation("inputs[0]"))
+    assert caught.value.param == "input[0]"
+    crash = from_exception(RuntimeError("boom"), {})
+    assert (crash.status, crash.type) == (500, "server_error") and "boom" not in crash.message
