@@ -22,7 +22,6 @@ from rest_bridge.upstream import Upstream
 
 # A client's id is forwarded as gRPC metadata, which only carries printable ASCII.
 _REQUEST_ID = re.compile(r"[!-~]{1,128}")
-MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 class RequestIdMiddleware:
@@ -79,7 +78,6 @@ def create_app(settings: BridgeSettings) -> Starlette:
             Exception: errors.handle_unexpected,
         },
         lifespan=lifespan,
-        max_body_size=MAX_BODY_BYTES,
     )
     app.state.settings = settings
     app.state.upstream = upstream

@@ -108,8 +108,10 @@ def _apply_generation_params(body: schemas.GenerationRequest, request: generatio
             "ignore_eos": body.ignore_eos,
         },
     )
-    request.stopping.stop.extend(body.stop or ())
-    request.stopping.stop_token_ids.extend(body.stop_token_ids or ())
+    if body.stop:
+        request.stopping.stop.extend(body.stop)
+    if body.stop_token_ids:
+        request.stopping.stop_token_ids.extend(body.stop_token_ids)
     _set_sent(request.response, {"skip_special_tokens": body.skip_special_tokens})
 
 

@@ -36,3 +36,23 @@ def generation_model(worker_settings):
 @pytest.fixture(scope="session")
 def tokenizer(generation_model):
     return generation_model.tokenizer
+
+
+@pytest.fixture(scope="session")
+def worker_address(tmp_path_factory):
+    """A real worker with the default models, on a free loopback port."""
+    from tests.servers import start_worker
+
+    address, process = start_worker(tmp_path_factory.mktemp("logs"), "--cache-dir", str(CACHE_DIR))
+    yield address
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def bridge_url(worker_address, tmp_path_factory):
+    """A real bridge in front of `worker_address`, e.g. http://127.0.0.1:PORT (no /v1)."""
+    from tests.servers import start_bridge
+
+    url, process = start_bridge(tmp_path_factory.mktemp("logs"), worker_address)
+    yield url
+    process.stop()

@@ -22,8 +22,26 @@ Body = TypeVar("Body", bound=BaseModel)
 Result = TypeVar("Result")
 
 
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+async def _read_body(request: Request) -> bytes:
+    # Starlette's own body limit answers in plain text, not in the OpenAI envelope.
+    too_large = APIError(413, f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def parse_body(request: Request, schema: type[Body]) -> Body:
@@ -31,7 +49,7 @@ async def parse_body(request: Request, schema: type[Body]) -> Body:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise APIError(400, f"Unsupported content type {content_type!r}; send a JSON body (application/json).")
-    raw = await request.body()
+    raw = await _read_body(request)
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError):
@@ -48,13 +66,9 @@ def request_id(request: Request) -> str:
     return str(request.state.request_id)
 
 
-def upstream(request: Request) -> Upstream:
-    return request.app.state.upstream
-
-
 def stubs_and_options(request: Request) -> tuple[Stubs, dict[str, Any]]:
     """The next channel's stubs and the keyword arguments for one call (deadline, request id)."""
-    pool = upstream(request)
+    pool: Upstream = request.app.state.upstream
     return pool.stubs(), pool.call_options(request_id(request))
 
 
@@ -83,14 +97,16 @@ async def until_ready(request: Request, calls: Sequence[grpc.aio.Call], work: Aw
         raise
     finally:
         watcher.cancel()
-        task.cancel()
+        if not task.done():
+            task.cancel()
+            # Nobody awaits it any more: consume its outcome so asyncio does not log it.
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 async def _prompt_infos(calls: Sequence[grpc.aio.UnaryStreamCall]) -> list[generation_pb2.PromptInfo]:
     """The first message of every stream: the worker has validated and admitted the request."""
     firsts = await asyncio.gather(*(call.read() for call in calls))
-    if not all(isinstance(first, generation_pb2.GenerateStreamResponse) and first.HasField("prompt_info")
-               for first in firsts):
+    if any(first is grpc.aio.EOF or not first.HasField("prompt_info") for first in firsts):
         raise APIError(502, "The model worker broke the stream protocol (no prompt info).", type="server_error")
     return [first.prompt_info for first in firsts]
 

@@ -27,3 +27,14 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, Any]], add_generation_p
 
 def encode_text(tokenizer: Any, text: str, add_special_tokens: bool = True) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+
+def with_special_tokens(tokenizer: Any, ids: list[int]) -> list[int]:
+    """`ids` wrapped in the special tokens the tokenizer adds to text (BERT's CLS … SEP, BOS …).
+
+    Learnt from how it encodes one plain word, since tokenizers expose no common API for it.
+    """
+    plain = tokenizer.encode("a", add_special_tokens=False)
+    wrapped = tokenizer.encode("a", add_special_tokens=True)
+    at = next(i for i in range(len(wrapped)) if wrapped[i : i + len(plain)] == plain)
+    return wrapped[:at] + ids + wrapped[at + len(plain) :]

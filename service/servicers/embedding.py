@@ -5,6 +5,7 @@ import grpc
 import numpy as np
 
 from service.errors import ContextLengthExceeded, InvalidRequest
+from service.models.prompting import with_special_tokens
 from service.models.registry import EmbeddingModel, ModelRegistry
 from service.servicers.prompt_input import check_token_ids
 from tokenwire.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
@@ -28,7 +29,7 @@ def _input_ids(request: embedding_pb2.EmbedRequest, model: EmbeddingModel) -> li
             ids = tokenizer.encode(item.text, add_special_tokens=True)
         elif kind == "token_ids":
             raw = check_token_ids(list(item.token_ids.ids), len(tokenizer), field)
-            ids = tokenizer.build_inputs_with_special_tokens(raw)
+            ids = with_special_tokens(tokenizer, raw)
         else:
             raise InvalidRequest(f"{field} is empty: set text or token_ids.", field=field)
         if len(ids) > context:

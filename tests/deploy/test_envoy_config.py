@@ -42,6 +42,7 @@ def test_transcoder_lists_every_service_of_the_descriptor(descriptor: pathlib.Pa
 def test_descriptor_keeps_imports_and_source_info(descriptor: pathlib.Path) -> None:
     files = {f.name: f for f in descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes()).file}
     assert "google/api/http.proto" in files  # --include_imports
+    assert "google/rpc/error_details.proto" in files  # error details print as JSON
     assert files["tokenwire/v1/models.proto"].source_code_info.location  # --include_source_info
 
 

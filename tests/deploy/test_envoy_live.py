@@ -1,83 +1,34 @@
 """End to end through a real Envoy (deploy/envoy.yaml) in front of a real tokenwire worker.
 
-Select it alone with `pytest tests/deploy/test_envoy_live.py`. The worker's first start converts
-the default model's weights into its cache dir (up to about a minute); later starts take seconds.
+Select it alone with `pytest tests/deploy/test_envoy_live.py`. The worker is the test session's
+(tests/conftest.py), shared with the integration tests.
 """
 from __future__ import annotations
 
-import os
+import json
 import pathlib
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
 import httpx
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.servers import ServerProcess, free_port
 from tokenwire.v1 import models_pb2, models_pb2_grpc
 
-from .conftest import ROOT, envoy_binary, free_port, write_envoy_config
+from .conftest import envoy_binary, write_envoy_config
 
 DEFAULT_MODELS = {"HuggingFaceTB/SmolLM2-135M-Instruct", "sentence-transformers/all-MiniLM-L6-v2"}
-
-
-def wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen, log: pathlib.Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{what}: exited with {proc.returncode}\n{log.read_text()[-4000:]}")
-        try:
-            if ready():
-                return
-        except (grpc.RpcError, httpx.HTTPError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{what}: not ready after {timeout:.0f} s\n{log.read_text()[-4000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def worker_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    port = free_port()
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    command = [sys.executable, "-m", "tokenwire.cli", "worker", "--grpc-host", "127.0.0.1", "--grpc-port", str(port)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=out, stderr=subprocess.STDOUT
-        )
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    health = health_pb2_grpc.HealthStub(channel)
-
-    def serving() -> bool:
-        reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-    try:
-        wait_for("worker", serving, proc, log, timeout=240)
-        yield port
-    finally:
-        channel.close()
-        stop(proc)
 
 
 @dataclass
 class Envoy:
     listen_port: int
     admin_port: int
-    worker_port: int
+    worker_address: str
 
     @property
     def url(self) -> str:
@@ -88,26 +39,28 @@ class Envoy:
 
 
 @pytest.fixture(scope="module")
-def envoy(worker_port: int, descriptor: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Envoy]:
+def envoy(worker_address: str, descriptor: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Envoy]:
+    """A real Envoy (deploy/envoy.yaml) in front of the session's real worker."""
     directory = tmp_path_factory.mktemp("envoy")
-    running = Envoy(listen_port=free_port(), admin_port=free_port(), worker_port=worker_port)
+    running = Envoy(listen_port=free_port(), admin_port=free_port(), worker_address=worker_address)
+    host, port = worker_address.rsplit(":", 1)
     config = write_envoy_config(
-        directory / "envoy.yaml", descriptor, worker=("127.0.0.1", worker_port),
+        directory / "envoy.yaml", descriptor, worker=(host, int(port)),
         listen_port=running.listen_port, admin_port=running.admin_port,
     )
     log = directory / "envoy.log"
     command = [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--log-level", "warning"]
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        process = ServerProcess("envoy", subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), log)
     try:
-        wait_for("envoy", lambda: running.admin("/ready").status_code == 200, proc, log, timeout=30)
+        process.wait_until(lambda: running.admin("/ready").status_code == 200, timeout=30)
         yield running
     finally:
-        stop(proc)
+        process.stop()
 
 
 def test_cluster_sees_the_worker_healthy(envoy: Envoy) -> None:
-    flag = f"workers::127.0.0.1:{envoy.worker_port}::health_flags::healthy"
+    flag = f"workers::{envoy.worker_address}::health_flags::healthy"
     deadline = time.monotonic() + 20
     while flag not in envoy.admin("/clusters").text and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -131,8 +84,22 @@ def test_list_models_over_json_transcoding(envoy: Envoy) -> None:
     assert DEFAULT_MODELS <= {model["id"] for model in response.json()["models"]}
 
 
-def test_grpc_status_becomes_http_status(envoy: Envoy) -> None:
-    # convert_grpc_status: NOT_FOUND from the worker arrives as HTTP 404 with a google.rpc.Status body.
+def test_generate_stream_over_json_is_newline_delimited(envoy: Envoy) -> None:
+    body = {"text": "Hello", "stopping": {"max_new_tokens": 3}}
+    with httpx.stream("POST", f"{envoy.url}/v1/generate:stream", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        events = [json.loads(line) for line in response.iter_lines() if line]
+    assert "prompt_info" in events[0] and "usage" in events[-1]
+    assert events[-2]["delta"]["finish"]["reason"] == "FINISH_REASON_LENGTH"
+
+
+def test_grpc_status_becomes_http_status_with_rich_details(envoy: Envoy) -> None:
+    # convert_grpc_status: NOT_FOUND arrives as HTTP 404 with the google.rpc.Status as JSON; the
+    # details print only because the descriptor set carries google/rpc/error_details.proto.
     response = httpx.get(f"{envoy.url}/v1/models/no-such-org/no-such-model", timeout=10)
     assert response.status_code == 404, response.text
-    assert response.json()["code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    status = response.json()
+    assert status["code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "MODEL_NOT_FOUND"}.items() <= (
+        status["details"][0].items()
+    )

@@ -84,9 +84,11 @@ class Record:
 
     requests: list[object] = field(default_factory=list)
     metadata: list[dict[str, str]] = field(default_factory=list)
+    received: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
 
     def keep(self, request: object, context: grpc.aio.ServicerContext) -> None:
+        self.received.set()
         self.requests.append(request)
         self.metadata.append({key: value for key, value in context.invocation_metadata() or ()})
 

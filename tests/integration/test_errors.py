@@ -1,0 +1,97 @@
+"""Every error is an OpenAI envelope with the right status, through the real stack."""
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.servers import free_port, start_bridge
+
+from .conftest import CHAT_MODEL, EMBEDDING_MODEL
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def _envelope(response) -> dict:
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["code"] is None or isinstance(error["code"], str)
+    return error
+
+
+def test_out_of_range_parameter_is_400_with_param(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=CHAT_MODEL, messages=HI, temperature=3)
+    assert caught.value.status_code == 400 and caught.value.param == "temperature"
+
+
+def test_unknown_model_is_404_model_not_found(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="nobody/nothing", messages=HI)
+    assert caught.value.code == "model_not_found" and caught.value.type == "invalid_request_error"
+
+
+def test_context_overflow_is_400_before_any_sse_byte(http):
+    body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hello " * 9000}], "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 400
+        assert response.headers["content-type"].startswith("application/json")
+        response.read()
+    error = _envelope(response)
+    assert error["code"] == "context_length_exceeded" and "8192" in error["message"]
+    assert error["param"] == "messages"
+
+
+def test_max_tokens_beyond_context_is_400(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=9000)
+    assert caught.value.code == "context_length_exceeded"
+
+
+def test_embeddings_on_a_generation_model_is_400(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model=CHAT_MODEL, input="hello")
+    assert caught.value.param == "model"
+
+
+def test_chat_on_an_embedding_model_is_400(client):
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=EMBEDDING_MODEL, messages=HI)
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"model": CHAT_MODEL}, "messages"),
+        ({"model": CHAT_MODEL, "messages": []}, "messages"),
+        ({"model": CHAT_MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"model": CHAT_MODEL, "messages": HI, "top_p": 0}, "top_p"),
+        ({"model": CHAT_MODEL, "messages": HI, "n": 0}, "n"),
+    ],
+)
+def test_invalid_bodies_are_400_never_422(http, body, param):
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert _envelope(response)["param"] == param
+
+
+def test_framework_level_errors_use_the_envelope(http):
+    malformed = http.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert malformed.status_code == 400 and _envelope(malformed)["type"] == "invalid_request_error"
+    unknown = http.get("/v1/nothing-here")
+    assert unknown.status_code == 404 and _envelope(unknown)
+    wrong_method = http.get("/v1/chat/completions")
+    assert wrong_method.status_code == 405 and _envelope(wrong_method)
+
+
+def test_unreachable_worker_is_503(tmp_path):
+    url, bridge = start_bridge(tmp_path, f"127.0.0.1:{free_port()}")
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=30)
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.chat.completions.create(model=CHAT_MODEL, messages=HI)
+        assert caught.value.status_code == 503 and caught.value.type == "server_error"
+        import httpx
+
+        assert httpx.get(f"{url}/health").status_code == 503
+    finally:
+        bridge.stop()

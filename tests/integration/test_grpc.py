@@ -1,0 +1,119 @@
+"""The native gRPC API with the generated stubs: stream shape, rich errors, tokenization, health."""
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from tokenwire.v1 import (
+    embedding_pb2,
+    embedding_pb2_grpc,
+    generation_pb2,
+    generation_pb2_grpc,
+    tokenization_pb2,
+    tokenization_pb2_grpc,
+)
+
+CHAT = generation_pb2.ChatPrompt(messages=[generation_pb2.ChatMessage(role="user", content="What is 2+2?")])
+
+
+@pytest.fixture(scope="module")
+def channel(worker_address):
+    with grpc.insecure_channel(worker_address) as channel:
+        yield channel
+
+
+def _details(error: grpc.RpcError) -> dict[str, object]:
+    found = {}
+    for detail in rpc_status.from_call(error).details:
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                found[kind.__name__] = message
+    return found
+
+
+def test_stream_is_prompt_info_then_deltas_then_usage(channel):
+    request = generation_pb2.GenerateRequest(
+        chat=CHAT,
+        sampling=generation_pb2.SamplingParams(temperature=0, seed=5),
+        stopping=generation_pb2.StoppingCriteria(max_new_tokens=10),
+        response=generation_pb2.ResponseOptions(token_ids=True),
+    )
+    events = list(generation_pb2_grpc.GenerationStub(channel).GenerateStream(request))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "prompt_info" and kinds[-1] == "usage" and set(kinds[1:-1]) == {"delta"}
+    info, usage = events[0].prompt_info, events[-1].usage
+    assert info.model == "HuggingFaceTB/SmolLM2-135M-Instruct" and info.seed == 5 and info.max_new_tokens == 10
+    deltas = [e.delta for e in events[1:-1]]
+    assert [d.HasField("finish") for d in deltas] == [False] * (len(deltas) - 1) + [True]
+    assert sum(len(d.token_ids) for d in deltas) == usage.completion_tokens
+    assert usage.prompt_tokens == info.prompt_tokens and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    unary = generation_pb2_grpc.GenerationStub(channel).Generate(request)
+    assert unary.sequences[0].text == "".join(d.text for d in deltas)
+    assert unary.sequences[0].finish == deltas[-1].finish
+
+
+def test_invalid_argument_carries_field_violation(channel):
+    request = generation_pb2.GenerateRequest(text="hi", sampling=generation_pb2.SamplingParams(top_p=1.5))
+    with pytest.raises(grpc.RpcError) as caught:
+        generation_pb2_grpc.GenerationStub(channel).Generate(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = _details(caught.value)
+    assert details["ErrorInfo"].reason == "INVALID_PARAMETER"
+    assert details["BadRequest"].field_violations[0].field == "sampling.top_p"
+
+
+def test_stream_errors_come_before_any_message(channel):
+    request = generation_pb2.GenerateRequest(model="nope/nope", text="hi")
+    stream = generation_pb2_grpc.GenerationStub(channel).GenerateStream(request)
+    with pytest.raises(grpc.RpcError) as caught:
+        next(stream)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert _details(caught.value)["ErrorInfo"].reason == "MODEL_NOT_FOUND"
+
+
+def test_deadline_exceeded_stops_the_call(channel):
+    request = generation_pb2.GenerateRequest(
+        text="Write a long essay.", stopping=generation_pb2.StoppingCriteria(max_new_tokens=3000, ignore_eos=True)
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        generation_pb2_grpc.GenerationStub(channel).Generate(request, timeout=1.0)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_tokenize_and_detokenize_round_trip(channel):
+    stub = tokenization_pb2_grpc.TokenizationStub(channel)
+    tokens = stub.Tokenize(tokenization_pb2.TokenizeRequest(text="Hello world", return_tokens=True))
+    assert len(tokens.token_ids) == len(tokens.tokens) >= 2 and tokens.context_length == 8192
+    text = stub.Detokenize(tokenization_pb2.DetokenizeRequest(token_ids=tokens.token_ids)).text
+    assert text == "Hello world"
+    chat = stub.Tokenize(tokenization_pb2.TokenizeRequest(chat=CHAT))
+    assert "What is 2+2?" in chat.rendered_prompt and chat.rendered_prompt.rstrip().endswith("assistant")
+
+
+def test_embed_packed_and_float_agree(channel):
+    stub = embedding_pb2_grpc.EmbeddingStub(channel)
+    inputs = [embedding_pb2.EmbedInput(text="hello")]
+    floats = stub.Embed(embedding_pb2.EmbedRequest(inputs=inputs)).embeddings[0].values
+    packed = stub.Embed(
+        embedding_pb2.EmbedRequest(inputs=inputs, encoding=embedding_pb2.EMBEDDING_ENCODING_PACKED_FLOAT32)
+    ).embeddings[0].packed
+    import struct
+
+    assert list(struct.unpack("<384f", packed)) == list(floats)
+
+
+def test_health_and_reflection(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "tokenwire.v1.Generation", "tokenwire.v1.Embedding"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"tokenwire.v1.Generation", "tokenwire.v1.Models", "grpc.health.v1.Health"} <= names

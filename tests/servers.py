@@ -1,0 +1,105 @@
+"""Real tokenwire processes on loopback for tests: start, wait until ready, stop."""
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# A worker's first start converts the default model (about a minute); later starts take seconds.
+WORKER_START_TIMEOUT_S = 300.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    process: subprocess.Popen
+    log: pathlib.Path
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if ready():
+                    return
+            except (grpc.RpcError, httpx.HTTPError):
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start(name: str, args: list[str], log_dir: pathlib.Path) -> ServerProcess:
+    log = log_dir / f"{name}.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tokenwire.cli", *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    return ServerProcess(name, process, log)
+
+
+def grpc_serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def start_worker(log_dir: pathlib.Path, *extra: str) -> tuple[str, ServerProcess]:
+    port = free_port()
+    worker = start(f"worker-{port}", ["worker", "--grpc-host", "127.0.0.1", "--grpc-port", str(port), *extra], log_dir)
+    address = f"127.0.0.1:{port}"
+    try:
+        worker.wait_until(lambda: grpc_serving(address), WORKER_START_TIMEOUT_S)
+    except BaseException:
+        worker.stop()
+        raise
+    return address, worker
+
+
+def start_bridge(log_dir: pathlib.Path, worker_address: str, *extra: str) -> tuple[str, ServerProcess]:
+    port = free_port()
+    bridge = start(
+        f"bridge-{port}",
+        ["bridge", "--http-host", "127.0.0.1", "--http-port", str(port), "--worker-address", worker_address, *extra],
+        log_dir,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def listening() -> bool:
+        return httpx.get(f"{url}/health", timeout=2).status_code in (200, 503)
+
+    try:
+        bridge.wait_until(listening, 60)
+    except BaseException:
+        bridge.stop()
+        raise
+    return url, bridge
