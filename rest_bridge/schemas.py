@@ -90,7 +90,9 @@ class ChatMessage(_Body):
         for part in value:
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
             if kind != "text" or not isinstance(part.get("text"), str):
-                raise request_error(f"Content parts of type {kind!r} are not supported yet; only 'text' parts are.")
+                raise request_error(
+                    f"Content parts of type {kind!r} are not supported yet; only 'text' parts are."
+                )
             texts.append(part["text"])
         return "\n".join(texts)
 

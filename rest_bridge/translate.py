@@ -255,7 +255,8 @@ def _chat_choice(index: int, sequence: generation_pb2.Sequence) -> dict[str, Any
 
 
 def _completion_choice(index: int, sequence: generation_pb2.Sequence) -> dict[str, Any]:
-    return {"index": index, "text": sequence.text, "logprobs": None, "finish_reason": finish_reason(sequence.finish)}
+    reason = finish_reason(sequence.finish)
+    return {"index": index, "text": sequence.text, "logprobs": None, "finish_reason": reason}
 
 
 def _chat_chunk_opening(index: int) -> dict[str, Any]:
@@ -360,8 +361,21 @@ def embedding_response(
     }
 
 
+_MODEL_KINDS = {models_pb2.MODEL_KIND_GENERATION: "generation", models_pb2.MODEL_KIND_EMBEDDING: "embedding"}
+
+
 def model_card(info: models_pb2.ModelInfo) -> dict[str, Any]:
-    return {"id": info.id, "object": "model", "created": info.created, "owned_by": info.owned_by or "tokenwire"}
+    """OpenAI's model object, plus what addresses this deployment (`id:version`, `deploy_id:ID`)."""
+    return {
+        "id": info.id,
+        "object": "model",
+        "created": info.created,
+        "owned_by": info.owned_by or "tokenwire",
+        "version": info.version,
+        "deploy_id": info.deploy_id,
+        "kind": _MODEL_KINDS.get(info.kind),
+        "context_length": info.context_length,
+    }
 
 
 def models_list(response: models_pb2.ListModelsResponse) -> dict[str, Any]:

@@ -11,4 +11,5 @@ from rest_bridge.schemas import CompletionRequest
 
 async def create_completion(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
-    return await generate(request, translate.COMPLETION, body, translate.completion_requests(body, request_id(request)))
+    requests = translate.completion_requests(body, request_id(request))
+    return await generate(request, translate.COMPLETION, body, requests)

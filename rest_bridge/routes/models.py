@@ -20,5 +20,6 @@ async def list_models(request: Request) -> Response:
 async def retrieve_model(request: Request) -> Response:
     stubs, options = stubs_and_options(request)
     with rpc_errors(translate.MODELS_PARAMS):
-        info = await stubs.models.GetModel(models_pb2.GetModelRequest(id=request.path_params["model_id"]), **options)
+        lookup = models_pb2.GetModelRequest(id=request.path_params["model_id"])
+        info = await stubs.models.GetModel(lookup, **options)
     return JSONResponse(translate.model_card(info))

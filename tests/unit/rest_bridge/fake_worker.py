@@ -66,7 +66,9 @@ OVERFLOW = rich_status(
 )
 BUSY = rich_status(code_pb2.RESOURCE_EXHAUSTED, "The queue is full.", "QUEUE_FULL", retry_s=2.5)
 BROKEN = rich_status(code_pb2.UNAVAILABLE, "The engine stopped.", "NOT_READY")
-UNKNOWN_MODEL = rich_status(code_pb2.NOT_FOUND, "The model 'nope' does not exist.", "MODEL_NOT_FOUND", field="model")
+UNKNOWN_MODEL = rich_status(
+    code_pb2.NOT_FOUND, "The model 'nope' does not exist.", "MODEL_NOT_FOUND", field="model"
+)
 
 
 def prompt_text(request: generation_pb2.GenerateRequest) -> str:
@@ -105,7 +107,9 @@ def _n(request: generation_pb2.GenerateRequest) -> int:
 
 def _usage(request: generation_pb2.GenerateRequest) -> common_pb2.Usage:
     completion = 3 * _n(request)
-    return common_pb2.Usage(prompt_tokens=7, completion_tokens=completion, total_tokens=7 + completion, estimated_cost=0.5)
+    return common_pb2.Usage(
+        prompt_tokens=7, completion_tokens=completion, total_tokens=7 + completion, estimated_cost=0.5
+    )
 
 
 def _prompt_info(request: generation_pb2.GenerateRequest) -> generation_pb2.PromptInfo:

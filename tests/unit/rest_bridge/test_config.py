@@ -46,5 +46,6 @@ def test_serve_derives_the_worker_address(grpc_host: str, address: str) -> None:
 def test_flags_do_not_clash_with_the_worker() -> None:
     parser = argparse.ArgumentParser()
     add_bridge_arguments(parser)
-    for flag in ("--grpc-host", "--grpc-port", "--model", "--embedding-model", "--device", "--dtype", "--cache-dir"):
+    worker_flags = ("--grpc-host", "--grpc-port", "--model", "--embedding-model", "--device", "--dtype", "--cache-dir")
+    for flag in worker_flags:
         parser.add_argument(flag)  # argparse raises on a clash

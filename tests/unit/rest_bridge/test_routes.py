@@ -115,7 +115,9 @@ async def call_and_disconnect(app: Starlette, body: dict[str, Any], gone: asynci
 
 
 @pytest.mark.parametrize("stream", [True, False])
-async def test_client_disconnect_cancels_the_worker_call(app: Starlette, fake_worker: FakeWorker, stream: bool) -> None:
+async def test_client_disconnect_cancels_the_worker_call(
+    app: Starlette, fake_worker: FakeWorker, stream: bool
+) -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "slow"}], "stream": stream}
     # Non-streaming: the client gives up once the worker is busy with the request.
     gone = fake_worker.record.received if not stream else asyncio.Event()
@@ -129,7 +131,8 @@ async def test_embeddings(client: httpx.AsyncClient) -> None:
     floats = (await client.post("/v1/embeddings", json={"input": ["a", "b"]})).json()
     assert floats["model"] == EMBEDDING_MODEL
     assert [d["embedding"] for d in floats["data"]] == [[0.0, 0.5, -1.0], [1.0, 0.5, -1.0]]
-    packed = (await client.post("/v1/embeddings", json={"model": "e", "input": "a", "encoding_format": "base64"})).json()
+    body = {"model": "e", "input": "a", "encoding_format": "base64"}
+    packed = (await client.post("/v1/embeddings", json=body)).json()
     assert packed["model"] == "e"
     assert struct.unpack("<3f", base64.b64decode(packed["data"][0]["embedding"])) == (0.0, 0.5, -1.0)
 
@@ -139,7 +142,9 @@ async def test_embeddings(client: httpx.AsyncClient) -> None:
 )
 async def test_model_lookup(client: httpx.AsyncClient, model_id: str) -> None:
     response = await client.get(f"/v1/models/{model_id}")
-    assert response.json() == {"id": GENERATION_MODEL, "object": "model", "created": 1700000000, "owned_by": "tokenwire"}
+    card = {"id": GENERATION_MODEL, "object": "model", "created": 1700000000, "owned_by": "tokenwire"}
+    assert response.json().items() >= card.items()
+    assert (response.json()["version"], response.json()["deploy_id"]) == ("abc123", "d1")
 
 
 async def test_models_list_and_unknown_model(client: httpx.AsyncClient) -> None:

@@ -42,7 +42,8 @@ async def run_stream(
 
 
 def chunk(choices: list[dict[str, object]], **extra: object) -> bytes:
-    body = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1700000000, "model": "m", "choices": choices}
+    body = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1700000000, "model": "m"}
+    body["choices"] = choices
     return b"data: " + json.dumps({**body, **extra}, separators=(",", ":")).encode() + b"\n\n"
 
 

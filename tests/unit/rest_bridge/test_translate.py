@@ -146,10 +146,15 @@ def generate_response(texts: list[str], prompt_tokens: int = 5) -> generation_pb
     return generation_pb2.GenerateResponse(
         prompt_info=generation_pb2.PromptInfo(model="org/name"),
         # Out of order on purpose: the answer is ordered by index.
-        sequences=[generation_pb2.Sequence(index=i, text=t, finish=finish) for i, t in reversed(list(enumerate(texts)))],
+        sequences=[
+            generation_pb2.Sequence(index=i, text=t, finish=finish) for i, t in reversed(list(enumerate(texts)))
+        ],
         usage=common_pb2.Usage(
-            prompt_tokens=prompt_tokens, completion_tokens=2 * len(texts), total_tokens=prompt_tokens + 2 * len(texts),
-            cached_tokens=1, estimated_cost=0.25,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=2 * len(texts),
+            total_tokens=prompt_tokens + 2 * len(texts),
+            cached_tokens=1,
+            estimated_cost=0.25,
         ),
     )
 
@@ -184,8 +189,9 @@ def test_completion_indices_over_several_prompts() -> None:
     responses = [generate_response(["p0s0", "p0s1"], 3), generate_response(["p1s0", "p1s1"], 4)]
     answer = translate.generation_response(translate.COMPLETION, responses, 2, HEADER)
     assert answer["object"] == "text_completion"
-    assert [(c["index"], c["text"]) for c in answer["choices"]] == [(0, "p0s0"), (1, "p0s1"), (2, "p1s0"), (3, "p1s1")]
-    assert all(set(c) == {"index", "text", "logprobs", "finish_reason"} and c["logprobs"] is None for c in answer["choices"])
+    choices = answer["choices"]
+    assert [(c["index"], c["text"]) for c in choices] == [(0, "p0s0"), (1, "p0s1"), (2, "p1s0"), (3, "p1s1")]
+    assert all(set(c) == {"index", "text", "logprobs", "finish_reason"} and c["logprobs"] is None for c in choices)
     assert answer["usage"]["prompt_tokens"] == 7 and answer["usage"]["total_tokens"] == 15
     assert answer["usage"]["estimated_cost"] == 0.5
 
@@ -196,7 +202,9 @@ def test_stream_chunks() -> None:
         "object": "chat.completion.chunk",
         "created": 1700000000,
         "model": "org/name:v1",
-        "choices": [{"index": 1, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}],
+        "choices": [
+            {"index": 1, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        ],
     }
     last = translate.stream_chunk(translate.CHAT, HEADER, [translate.CHAT.chunk_choice(0, "", "stop")], True)
     assert last["choices"][0]["delta"] == {} and last["usage"] is None
@@ -231,10 +239,16 @@ def test_embeddings_float_and_base64() -> None:
 
 
 def test_models_and_tokens() -> None:
-    info = models_pb2.ModelInfo(id="org/name", created=12)
+    info = models_pb2.ModelInfo(
+        id="org/name", created=12, version="abc123", deploy_id="d1",
+        kind=models_pb2.MODEL_KIND_GENERATION, context_length=4096,
+    )
     assert translate.models_list(models_pb2.ListModelsResponse(models=[info])) == {
         "object": "list",
-        "data": [{"id": "org/name", "object": "model", "created": 12, "owned_by": "tokenwire"}],
+        "data": [{
+            "id": "org/name", "object": "model", "created": 12, "owned_by": "tokenwire",
+            "version": "abc123", "deploy_id": "d1", "kind": "generation", "context_length": 4096,
+        }],
     }
     tokens = tokenization_pb2.TokenizeResponse(token_ids=[1, 2], tokens=["a", "b"], context_length=2048)
     assert translate.tokenize_response(tokens, False) == {
