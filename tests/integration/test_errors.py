@@ -1,6 +1,7 @@
 """Every error is an OpenAI envelope with the right status, through the real stack."""
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
@@ -83,6 +84,16 @@ def test_framework_level_errors_use_the_envelope(http):
     assert wrong_method.status_code == 405 and _envelope(wrong_method)
 
 
+def test_request_timeout_is_504_and_named_timeout(tmp_path, worker_address):
+    url, bridge = start_bridge(tmp_path, worker_address, "--request-timeout", "1")
+    try:
+        body = {"model": CHAT_MODEL, "messages": HI, "max_tokens": 3000, "ignore_eos": True}
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+        assert response.status_code == 504 and _envelope(response)["type"] == "timeout"
+    finally:
+        bridge.stop()
+
+
 def test_unreachable_worker_is_503(tmp_path):
     url, bridge = start_bridge(tmp_path, f"127.0.0.1:{free_port()}")
     try:
@@ -90,8 +101,6 @@ def test_unreachable_worker_is_503(tmp_path):
         with pytest.raises(openai.InternalServerError) as caught:
             client.chat.completions.create(model=CHAT_MODEL, messages=HI)
         assert caught.value.status_code == 503 and caught.value.type == "server_error"
-        import httpx
-
         assert httpx.get(f"{url}/health").status_code == 503
     finally:
         bridge.stop()
