@@ -96,6 +96,16 @@ class ChatMessage(_Body):
             texts.append(part["text"])
         return "\n".join(texts)
 
+    @model_validator(mode="after")
+    def _content_required(self) -> ChatMessage:
+        # Only an assistant turn that calls tools may leave its content out (OpenAI's rule).
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise request_error(
+                f"A {self.role} message in 'messages' must have a 'content' "
+                "(only an assistant message with tool_calls may leave it out)."
+            )
+        return self
+
 
 class StreamOptions(_Body):
     include_usage: bool | None = None

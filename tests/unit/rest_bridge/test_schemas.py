@@ -47,6 +47,8 @@ def chat(**fields: Any) -> dict[str, Any]:
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": None}]}, "messages[0]"),
+        ({"messages": [{"role": "system"}, {"role": "user", "content": "x"}]}, "messages[0]"),
         ({"stop_token_ids": [-1]}, "stop_token_ids[0]"),
     ],
 )
