@@ -122,10 +122,6 @@ class GenerationEngine:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    @property
-    def queue_length(self) -> int:
-        return self._not_admitted
-
     def submit(self, request: GenerationRequest) -> RequestStream:
         """Queues a validated request. Raises QueueFull when the waiting queue is at its limit."""
         if not self.alive:

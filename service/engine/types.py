@@ -10,7 +10,6 @@ class FinishReason(enum.Enum):
     LENGTH = "length"
     CONTEXT_LENGTH = "context_length"
     TIME_LIMIT = "time_limit"
-    ABORTED = "aborted"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ _FINISH_REASONS = {
     FinishReason.LENGTH: generation_pb2.FINISH_REASON_LENGTH,
     FinishReason.CONTEXT_LENGTH: generation_pb2.FINISH_REASON_CONTEXT_LENGTH,
     FinishReason.TIME_LIMIT: generation_pb2.FINISH_REASON_TIME_LIMIT,
-    FinishReason.ABORTED: generation_pb2.FINISH_REASON_ABORTED,
 }
 
 

@@ -6,9 +6,6 @@ import time
 
 from .conftest import CHAT_MODEL
 
-CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
-
-
 def test_chat_with_system_message_and_several_turns(client):
     reply = client.chat.completions.create(
         model=CHAT_MODEL,
@@ -33,8 +30,8 @@ def test_chat_with_system_message_and_several_turns(client):
 
 
 def test_streamed_text_equals_non_streamed_text_at_temperature_zero(client):
-    args = dict(model=CHAT_MODEL, messages=CAPITAL + [], temperature=0, max_tokens=40)
-    args["messages"] = [{"role": "user", "content": "Describe the water cycle in two sentences."}]
+    messages = [{"role": "user", "content": "Describe the water cycle in two sentences."}]
+    args = dict(model=CHAT_MODEL, messages=messages, temperature=0, max_tokens=40)
     whole = client.chat.completions.create(**args)
     chunks = list(client.chat.completions.create(stream=True, **args))
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

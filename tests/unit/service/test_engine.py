@@ -120,3 +120,22 @@ async def test_full_queue_raises_queue_full(small_engine, tokenizer):
     assert caught.value.retry_after_s > 0
     running.cancel()
     waiting.cancel()
+
+
+async def test_time_limit_ends_the_sequence_with_time_limit(generation_model, tokenizer):
+    stopping = StoppingParams(max_new_tokens=4000, ignore_eos=True, time_limit_s=0.3)
+    _, ids, finishes = await _collect(
+        generation_model.engine, _request(tokenizer, "Write a long story.", stopping=stopping)
+    )
+    assert finishes[0].reason is FinishReason.TIME_LIMIT and 0 < len(ids[0]) < 4000
+
+
+async def test_min_new_tokens_holds_back_eos(generation_model, tokenizer):
+    _, natural_ids, natural_finish = await _collect(
+        generation_model.engine, _request(tokenizer, "Say hi.", max_new_tokens=60)
+    )
+    natural = len(natural_ids[0])
+    assert natural_finish[0].reason is FinishReason.STOP and natural < 50  # ended by EOS
+    stopping = StoppingParams(max_new_tokens=natural + 30, min_new_tokens=natural + 10)
+    _, ids, _ = await _collect(generation_model.engine, _request(tokenizer, "Say hi.", stopping=stopping))
+    assert len(ids[0]) >= natural + 10
