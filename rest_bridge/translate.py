@@ -39,16 +39,15 @@ _GENERATION_PARAMS = {
 }
 CHAT_PARAMS = {
     **_GENERATION_PARAMS,
-    **dict.fromkeys(("prompt", "chat", "chat.messages", "prompt.chat", "prompt.chat.messages"), "messages"),
+    **dict.fromkeys(("prompt", "chat", "chat.messages"), "messages"),
 }
 COMPLETION_PARAMS = {
     **_GENERATION_PARAMS,
-    **dict.fromkeys(("prompt", "text", "token_ids", "token_ids.ids", "prompt.text", "prompt.token_ids"), "prompt"),
+    "prompt": "prompt",
 }
 EMBEDDING_PARAMS = {"model": "model", "inputs": "input", "dimensions": "dimensions", "encoding": "encoding_format"}
 TOKENIZE_PARAMS = {
     "model": "model",
-    "text": "prompt",
     "input": "prompt",
     "chat": "messages",
     "chat.messages": "messages",

@@ -11,10 +11,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from service.errors import (
-    ContextLengthExceeded,
     InvalidRequest,
     ModelNotFound,
     NotReady,
@@ -29,8 +28,7 @@ ERROR_DOMAIN = "tokenwire.v1"
 _SERVICE_PREFIX = "/tokenwire.v1."
 
 _CODES: dict[type[TokenwireError], grpc.StatusCode] = {
-    ContextLengthExceeded: grpc.StatusCode.INVALID_ARGUMENT,
-    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,  # ContextLengthExceeded too
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
     WrongModelKind: grpc.StatusCode.FAILED_PRECONDITION,
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -56,7 +54,8 @@ def rich_status(error: TokenwireError) -> tuple[grpc.StatusCode, status_pb2.Stat
     return code, status_pb2.Status(code=code.value[0], message=error.message, details=details)
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+async def abort_with_error(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    """Ends the call with `error`'s status and rich details (unexpected errors: INTERNAL, logged)."""
     if not isinstance(error, TokenwireError):
         log.exception("unexpected error", exc_info=error)
         error = TokenwireError("Internal error while serving the request.")
@@ -73,7 +72,7 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            await _abort(context, error)
+            await abort_with_error(context, error)
 
     return handler
 
@@ -86,7 +85,7 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., A
         except grpc.aio.AbortError:
             raise
         except Exception as error:
-            await _abort(context, error)
+            await abort_with_error(context, error)
 
     return handler
 

@@ -14,11 +14,10 @@ import struct
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
+from service.errors import ContextLengthExceeded, ModelNotFound, NotReady, QueueFull
+from service.servicers.status import abort_with_error
 from tokenwire.v1 import (
     common_pb2,
     embedding_pb2,
@@ -36,39 +35,14 @@ EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 CONTEXT_LENGTH = 2048
 
 
-def rich_status(
-    code: int, message: str, reason: str, field: str | None = None, retry_s: float | None = None
-) -> grpc.Status:
-    details = [error_details_pb2.ErrorInfo(reason=reason, domain="tokenwire.v1")]
-    if field is not None:
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]
-            )
-        )
-    if retry_s is not None:
-        delay = duration_pb2.Duration()
-        delay.FromMilliseconds(int(retry_s * 1000))
-        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-    packed = []
-    for detail in details:
-        wrapped = any_pb2.Any()
-        wrapped.Pack(detail)
-        packed.append(wrapped)
-    return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=packed))
-
-
-OVERFLOW = rich_status(
-    code_pb2.INVALID_ARGUMENT,
+# The worker's own errors, encoded by the worker's own code (service.servicers.status).
+OVERFLOW = ContextLengthExceeded(
     "This model's maximum context length is 2048 tokens; the prompt and max_tokens ask for 5000.",
-    "CONTEXT_LENGTH_EXCEEDED",
     field="prompt",
 )
-BUSY = rich_status(code_pb2.RESOURCE_EXHAUSTED, "The queue is full.", "QUEUE_FULL", retry_s=2.5)
-BROKEN = rich_status(code_pb2.UNAVAILABLE, "The engine stopped.", "NOT_READY")
-UNKNOWN_MODEL = rich_status(
-    code_pb2.NOT_FOUND, "The model 'nope' does not exist.", "MODEL_NOT_FOUND", field="model"
-)
+BUSY = QueueFull("The queue is full.", retry_after_s=2.5)
+BROKEN = NotReady("The engine stopped.")
+UNKNOWN_MODEL = ModelNotFound("The model 'nope' does not exist.", field="model")
 
 
 def prompt_text(request: generation_pb2.GenerateRequest) -> str:
@@ -124,9 +98,9 @@ class Generation(generation_pb2_grpc.GenerationServicer):
         self.record.keep(request, context)
         text = prompt_text(request)
         if text == "overflow":
-            await context.abort_with_status(OVERFLOW)
+            await abort_with_error(context, OVERFLOW)
         if text == "busy":
-            await context.abort_with_status(BUSY)
+            await abort_with_error(context, BUSY)
         return text
 
     async def Generate(self, request, context):
@@ -159,7 +133,7 @@ class Generation(generation_pb2_grpc.GenerationServicer):
                 raise
         if text == "break":
             yield generation_pb2.GenerateStreamResponse(delta=generation_pb2.SequenceDelta(text="partial"))
-            await context.abort_with_status(BROKEN)
+            await abort_with_error(context, BROKEN)
         parts = _reply_parts(request)
         for position, part in enumerate(parts):
             for index in range(_n(request)):
@@ -209,7 +183,7 @@ class Models(models_pb2_grpc.ModelsServicer):
     async def GetModel(self, request, context):
         model_id = request.id.split(":abc123")[0] if not request.id.startswith("deploy_id:") else GENERATION_MODEL
         if model_id not in self.MODELS:
-            await context.abort_with_status(UNKNOWN_MODEL)
+            await abort_with_error(context, UNKNOWN_MODEL)
         return self.MODELS[model_id]
 
 

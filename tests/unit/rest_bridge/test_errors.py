@@ -5,39 +5,29 @@ import json
 
 import grpc
 import pytest
-from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
-
 from rest_bridge import translate
 from rest_bridge.errors import APIError, from_exception, from_rpc_error, rpc_errors
+from service.errors import (
+    ContextLengthExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    QueueFull,
+    TokenwireError,
+    WrongModelKind,
+)
+from service.servicers.status import rich_status
 
 
-def rpc_error(code: grpc.StatusCode, message: str, *details: Message) -> grpc.aio.AioRpcError:
-    packed = []
-    for detail in details:
-        wrapped = any_pb2.Any()
-        wrapped.Pack(detail)
-        packed.append(wrapped)
-    status = status_pb2.Status(code=code.value[0], message=message, details=packed)
+def rpc_error(code: grpc.StatusCode, message: str) -> grpc.aio.AioRpcError:
+    """A status without rich details, as grpc itself or a proxy may raise it."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=message)
+
+
+def worker_error(error: TokenwireError) -> grpc.aio.AioRpcError:
+    """The status the worker sends for `error`, encoded by the worker's own code."""
+    code, status = rich_status(error)
     trailing = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=message)
-
-
-def info(reason: str) -> error_details_pb2.ErrorInfo:
-    return error_details_pb2.ErrorInfo(reason=reason, domain="tokenwire.v1")
-
-
-def violation(field: str) -> error_details_pb2.BadRequest:
-    return error_details_pb2.BadRequest(
-        field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description="bad")]
-    )
-
-
-def retry(seconds: float) -> error_details_pb2.RetryInfo:
-    delay = duration_pb2.Duration()
-    delay.FromMilliseconds(int(seconds * 1000))
-    return error_details_pb2.RetryInfo(retry_delay=delay)
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=status.message)
 
 
 def envelope(error: APIError) -> dict[str, object]:
@@ -50,7 +40,7 @@ def envelope(error: APIError) -> dict[str, object]:
 def test_context_length_exceeded() -> None:
     message = "This model's maximum context length is 2048 tokens, but the prompt has 3000."
     error = from_rpc_error(
-        rpc_error(grpc.StatusCode.INVALID_ARGUMENT, message, info("CONTEXT_LENGTH_EXCEEDED"), violation("prompt")),
+        worker_error(ContextLengthExceeded(message, field="prompt")),
         translate.CHAT_PARAMS,
     )
     assert error.status == 400
@@ -64,10 +54,7 @@ def test_context_length_exceeded() -> None:
 
 def test_invalid_parameter_names_the_openai_param() -> None:
     error = from_rpc_error(
-        rpc_error(
-            grpc.StatusCode.INVALID_ARGUMENT, "max_new_tokens is too large.", info("INVALID_PARAMETER"),
-            violation("stopping.max_new_tokens"),
-        ),
+        worker_error(InvalidRequest("max_new_tokens is too large.", field="stopping.max_new_tokens")),
         translate.COMPLETION_PARAMS,
     )
     assert (error.status, error.param, error.code) == (400, "max_tokens", "invalid_parameter")
@@ -75,9 +62,7 @@ def test_invalid_parameter_names_the_openai_param() -> None:
 
 def test_model_not_found() -> None:
     error = from_rpc_error(
-        rpc_error(
-            grpc.StatusCode.NOT_FOUND, "The model 'x' does not exist.", info("MODEL_NOT_FOUND"), violation("model")
-        ),
+        worker_error(ModelNotFound("The model 'x' does not exist.", field="model")),
         translate.CHAT_PARAMS,
     )
     assert envelope(error) == {
@@ -93,21 +78,26 @@ def test_model_not_found() -> None:
 
 def test_wrong_model_kind_is_a_400() -> None:
     error = from_rpc_error(
-        rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "That is an embedding model.", info("WRONG_MODEL_KIND")),
+        worker_error(WrongModelKind("That is an embedding model.")),
         translate.CHAT_PARAMS,
     )
     assert (error.status, error.type, error.param) == (400, "invalid_request_error", None)
     assert error.code == "wrong_model_kind"
 
 
-@pytest.mark.parametrize(("seconds", "header"), [(2.5, "3"), (0.2, "1"), (0, "1"), (None, "1")])
-def test_resource_exhausted_is_a_429_with_retry_after(seconds: float | None, header: str) -> None:
-    details = [info("QUEUE_FULL")] + ([retry(seconds)] if seconds is not None else [])
-    error = from_rpc_error(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "The queue is full.", *details), {})
+@pytest.mark.parametrize(("seconds", "header"), [(2.5, "3"), (0.2, "1"), (0, "1")])
+def test_queue_full_is_a_429_with_retry_after(seconds: float, header: str) -> None:
+    error = from_rpc_error(worker_error(QueueFull("The queue is full.", retry_after_s=seconds)), {})
     response = error.response()
     assert response.status_code == 429
     assert response.headers["retry-after"] == header
     assert envelope(error)["code"] == "queue_full"
+
+
+def test_resource_exhausted_without_retry_info_still_has_retry_after() -> None:
+    error = from_rpc_error(rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "Too many streams."), {})
+    assert error.response().headers["retry-after"] == "1"
+    assert envelope(error)["code"] == "rate_limit_exceeded"
 
 
 @pytest.mark.parametrize(
@@ -124,7 +114,7 @@ def test_resource_exhausted_is_a_429_with_retry_after(seconds: float | None, hea
 )
 def test_status_table(code: grpc.StatusCode, status: int, error_type: str) -> None:
     error = from_rpc_error(rpc_error(code, "Something happened."), {})
-    assert (error.status, error.type, error.message) == (status, error_type, "Something happened.")
+    assert (error.status, error.type) == (status, error_type) and envelope(error)["message"]
     assert "retry-after" not in error.response().headers
 
 
@@ -142,9 +132,7 @@ def test_channel_errors_without_details_get_a_readable_message() -> None:
 
 def test_rpc_errors_block_and_unexpected_exceptions() -> None:
     with pytest.raises(APIError) as caught, rpc_errors(translate.EMBEDDING_PARAMS):
-        raise rpc_error(
-            grpc.StatusCode.INVALID_ARGUMENT, "Empty input.", info("INVALID_PARAMETER"), violation("inputs[0]")
-        )
+        raise worker_error(InvalidRequest("Empty input.", field="inputs[0]"))
     assert caught.value.param == "input[0]"
     crash = from_exception(RuntimeError("boom"), {})
     assert (crash.status, crash.type) == (500, "server_error") and "boom" not in crash.message
