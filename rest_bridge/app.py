@@ -1,4 +1,5 @@
-"""The Starlette application: route table, request-id middleware, error handlers, lifespan."""
+"""The Starlette application: route table, middleware (request id, metrics, API keys), error
+handlers, lifespan."""
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rest_bridge import errors
+from rest_bridge.auth import ApiKeyMiddleware
 from rest_bridge.config import BridgeSettings
-from rest_bridge.routes import chat, completions, embeddings, health, models, tokenize
+from rest_bridge.metrics import HTTPMetricsMiddleware
+from rest_bridge.routes import chat, completions, embeddings, health, metrics, models, tokenize
 from rest_bridge.upstream import Upstream
 
 # A client's id is forwarded as gRPC metadata, which only carries printable ASCII.
@@ -53,13 +56,22 @@ ROUTES = [
     Route("/v1/models", models.list_models, methods=["GET"]),
     Route("/v1/models/{model_id:path}", models.retrieve_model, methods=["GET"]),
     Route("/health", health.health, methods=["GET"]),
+    Route("/metrics", metrics.metrics, methods=["GET"]),
     Route("/tokenize", tokenize.tokenize, methods=["POST"]),
     Route("/detokenize", tokenize.detokenize, methods=["POST"]),
 ]
 
 
+def _middleware(settings: BridgeSettings) -> list[Middleware]:
+    """Outermost first: a refused request still gets its id and is counted."""
+    middleware = [Middleware(RequestIdMiddleware), Middleware(HTTPMetricsMiddleware, routes=ROUTES)]
+    if settings.api_keys:
+        middleware.append(Middleware(ApiKeyMiddleware, keys=settings.api_keys))
+    return middleware
+
+
 def create_app(settings: BridgeSettings) -> Starlette:
-    upstream = Upstream(settings.worker_address, settings.request_timeout)
+    upstream = Upstream(settings.worker_address, settings.request_timeout, settings.worker_api_key)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -70,7 +82,7 @@ def create_app(settings: BridgeSettings) -> Starlette:
 
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=_middleware(settings),
         exception_handlers={
             errors.APIError: errors.handle_api_error,
             errors.ClientGone: errors.handle_client_gone,

@@ -5,11 +5,14 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from tokenwire.api_keys import add_api_key_argument
+
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
 
 
-def add_bridge_arguments(parser: argparse.ArgumentParser, worker_address_flag: bool = True) -> None:
-    """Adds the bridge's flags; `tokenwire serve` leaves out --worker-address (it knows the worker)."""
+def add_bridge_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> None:
+    """Adds the bridge's flags. `tokenwire serve` (standalone=False) leaves out the worker's address
+    and key, which it knows, and --api-key, which the worker's flags already have."""
     group = parser.add_argument_group("REST bridge")
     group.add_argument(
         "--http-host",
@@ -29,12 +32,20 @@ def add_bridge_arguments(parser: argparse.ArgumentParser, worker_address_flag: b
         help="gRPC deadline of one request in seconds, 0 for none "
         "(env TOKENWIRE_REQUEST_TIMEOUT; default %(default)s)",
     )
-    if worker_address_flag:
+    if standalone:
         group.add_argument(
             "--worker-address",
             default=os.environ.get("TOKENWIRE_WORKER_ADDRESS", "127.0.0.1:50051"),
             help="host:port of the gRPC worker (env TOKENWIRE_WORKER_ADDRESS; default %(default)s)",
         )
+        group.add_argument(
+            "--worker-api-key",
+            default=os.environ.get("TOKENWIRE_WORKER_API_KEY") or None,
+            metavar="KEY",
+            help="API key sent to the worker as `authorization: Bearer KEY` metadata "
+            "(env TOKENWIRE_WORKER_API_KEY; default: none)",
+        )
+        add_api_key_argument(group)
 
 
 def _connect_host(host: str) -> str:
@@ -53,16 +64,25 @@ class BridgeSettings:
     worker_address: str = "127.0.0.1:50051"
     # Seconds; None means no deadline.
     request_timeout: float | None = 600.0
+    # Keys REST clients must send; empty means no authentication.
+    api_keys: tuple[str, ...] = ()
+    # The key the bridge sends to the worker, if the worker wants one.
+    worker_api_key: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BridgeSettings:
-        worker_address = getattr(args, "worker_address", None)
-        if worker_address is None:
+        api_keys = tuple(args.api_keys)
+        if hasattr(args, "worker_address"):
+            worker_address, worker_api_key = args.worker_address, args.worker_api_key
+        else:  # `tokenwire serve`: its own worker, which takes the same keys
             worker_address = f"{_connect_host(args.grpc_host)}:{args.grpc_port}"
+            worker_api_key = api_keys[0] if api_keys else None
         timeout = float(args.request_timeout)
         return cls(
             http_host=args.http_host,
             http_port=int(args.http_port),
             worker_address=worker_address,
             request_timeout=timeout if timeout > 0 else None,
+            api_keys=api_keys,
+            worker_api_key=worker_api_key,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from rest_bridge.errors import CUSTOM_ERROR_TYPE
@@ -111,6 +111,60 @@ class StreamOptions(_Body):
     include_usage: bool | None = None
 
 
+ToolName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class FunctionDefinition(_Body):
+    name: ToolName
+    description: str | None = None
+    # The JSON schema of the arguments; left out: a function without arguments.
+    parameters: dict[str, Any] | None = None
+    # Calls are always decoded under the schema, so strict or not, arguments validate.
+    strict: bool | None = None
+
+
+class Tool(_Body):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class JsonSchemaFormat(_Body):
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")] | None = None
+    description: str | None = None
+    # Left out: any JSON value. ("schema" would shadow a BaseModel attribute, hence the alias.)
+    json_schema: dict[str, Any] | bool | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    @field_validator("json_schema", mode="before")
+    @classmethod
+    def _schema_is_object(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, dict | bool):
+            raise request_error("'response_format.json_schema.schema' must be a JSON schema object.", "response_format")
+        return value
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise request_error(
+                "response_format of type 'json_schema' needs a 'json_schema' object.", "response_format.json_schema"
+            )
+        return self
+
+
 class GenerationRequest(_Body):
     """The parameters chat and completions share."""
 
@@ -164,38 +218,71 @@ class GenerationRequest(_Body):
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     add_generation_prompt: bool | None = None
-    # Known OpenAI features, rejected until implemented.
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    # Known OpenAI features, rejected until implemented.
     functions: list[dict[str, Any]] | None = None
     function_call: Any = None
 
     @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise request_error("'top_logprobs' requires 'logprobs' to be true.", "top_logprobs")
+        return self
+
+    @property
+    def logprob_alternatives(self) -> int | None:
+        """Alternatives per token when logprobs are asked for, else None."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _known_tool_choice(cls, value: Any) -> Any:
+        if value in (None, "none", "auto", "required") or isinstance(value, NamedToolChoice):
+            return value
+        if isinstance(value, dict):
+            try:
+                return NamedToolChoice.model_validate(value)
+            except ValidationError:
+                pass
+        raise request_error(
+            "'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": …}}.",
+            "tool_choice",
+        )
+
+    @model_validator(mode="after")
+    def _tool_choice_matches_tools(self) -> ChatCompletionRequest:
+        names = [tool.function.name for tool in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise request_error("Every tool in 'tools' needs a different function name.", "tools")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            if self.tool_choice.function.name not in names:
+                raise request_error(
+                    f"tool_choice names the function {self.tool_choice.function.name!r}, which is not in 'tools'.",
+                    "tool_choice",
+                )
+        elif self.tool_choice == "required" and not names:
+            raise request_error("tool_choice 'required' needs 'tools'.", "tool_choice")
+        return self
+
+    @model_validator(mode="after")
     def _reject_unsupported(self) -> ChatCompletionRequest:
-        if self.logprobs:
-            raise unsupported("logprobs")
-        if self.top_logprobs:
-            raise unsupported("top_logprobs")
-        if self.tool_choice not in (None, "none"):
-            raise unsupported("tool_choice", "Tool calling")
-        if self.tools and self.tool_choice is None:
-            raise unsupported("tools", "Tool calling")
         if self.functions or self.function_call not in (None, "none"):
             raise unsupported("functions" if self.functions else "function_call", "Function calling")
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            kind = self.response_format.get("type")
-            raise unsupported("response_format", f"response_format {kind!r}")
         return self
 
 
 class CompletionRequest(GenerationRequest):
     prompt: list[Prompt]
-    # Known OpenAI features, rejected until implemented.
+    # The sampled token's logprob plus this many alternatives (the legacy completions shape).
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    # The prompt comes first in each choice's text (and its tokens first in logprobs).
     echo: bool | None = None
+    # Known OpenAI features, rejected until implemented.
     suffix: str | None = None
     best_of: Annotated[int, Field(ge=1)] | None = None
 
@@ -206,10 +293,6 @@ class CompletionRequest(GenerationRequest):
 
     @model_validator(mode="after")
     def _reject_unsupported(self) -> CompletionRequest:
-        if self.logprobs is not None:
-            raise unsupported("logprobs")
-        if self.echo:
-            raise unsupported("echo")
         if self.suffix:
             raise unsupported("suffix")
         if self.best_of is not None and self.best_of != self.choices_per_prompt:

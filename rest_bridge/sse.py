@@ -90,14 +90,18 @@ async def generation_events(
     header: translate.ResponseHeader,
     n: int,
     include_usage: bool,
+    logprobs: bool = False,
 ) -> AsyncGenerator[bytes, None]:
     """Chunk events of GenerateStream calls whose PromptInfo was already read.
 
-    Call i streams the n choices of prompt i, indexed i·n + j. A failure after the first byte
+    Call i streams the n choices of prompt i, indexed i·n + j. With `logprobs`, each chunk
+    carries the logprobs of its tokens; tokens of a delta without text wait for the choice's next
+    chunk. An echoed prompt comes first in a choice's first chunk. A failure after the first byte
     becomes an error event; the calls are cancelled when the generator ends early or is closed
     (client gone), so the worker stops generating.
     """
     usages: list[common_pb2.Usage] = []
+    shapers: dict[int, translate.ChatLogprobs | translate.CompletionLogprobs] = {}
 
     def chunk(choices: list[dict[str, Any]], usage: common_pb2.Usage | None = None) -> bytes:
         return encode_event(translate.stream_chunk(fmt, header, choices, include_usage, usage))
@@ -112,8 +116,19 @@ async def generation_events(
                 if message.HasField("delta"):
                     delta = message.delta
                     reason = translate.finish_reason(delta.finish) if delta.HasField("finish") else None
-                    if delta.text or reason:
-                        yield chunk([fmt.chunk_choice(prompt_index * n + delta.index, delta.text, reason)])
+                    index, text = prompt_index * n + delta.index, delta.prompt_text + delta.text
+                    if logprobs:
+                        shapers.setdefault(index, fmt.logprobs()).add(delta)
+                    # Tool-call deltas (chat with tools) follow the delta's content, in their
+                    # own chunk, which then carries the finish reason.
+                    tool_calls = delta.tool_calls
+                    if text or (reason and not tool_calls):
+                        choice = fmt.chunk_choice(index, text, None if tool_calls else reason)
+                        if logprobs:
+                            choice["logprobs"] = shapers[index].chunk()
+                        yield chunk([choice])
+                    if tool_calls:
+                        yield chunk([translate.chat_tool_calls_chunk_choice(index, tool_calls, reason)])
                 elif message.HasField("usage"):
                     usages.append(message.usage)
             if include_usage:

@@ -5,6 +5,8 @@ No I/O here, so every mapping is unit-tested without a server.
 from __future__ import annotations
 
 import base64
+import codecs
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,10 +41,20 @@ _GENERATION_PARAMS = {
 }
 CHAT_PARAMS = {
     **_GENERATION_PARAMS,
+    "logprobs": "logprobs",
+    "logprobs.top_logprobs": "top_logprobs",
     **dict.fromkeys(("prompt", "chat", "chat.messages"), "messages"),
+    **dict.fromkeys(("structured_output", "structured_output.json_schema"), "response_format"),
+    "tools": "tools",
+    "tool_choice": "tool_choice",
+    "tool_choice.function_name": "tool_choice.function.name",
+    "parallel_tool_calls": "parallel_tool_calls",
 }
 COMPLETION_PARAMS = {
     **_GENERATION_PARAMS,
+    "logprobs": "logprobs",
+    "logprobs.top_logprobs": "logprobs",
+    "echo": "echo",
     "prompt": "prompt",
 }
 EMBEDDING_PARAMS = {"model": "model", "inputs": "input", "dimensions": "dimensions", "encoding": "encoding_format"}
@@ -62,6 +74,7 @@ FINISH_REASONS = {
     generation_pb2.FINISH_REASON_CONTEXT_LENGTH: "length",
     generation_pb2.FINISH_REASON_TIME_LIMIT: "length",
     generation_pb2.FINISH_REASON_ABORTED: "stop",
+    generation_pb2.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
 
 
@@ -147,13 +160,59 @@ def chat_request(body: schemas.ChatCompletionRequest, request_id: str) -> genera
         chat=chat_prompt(body.messages, body.add_generation_prompt),
     )
     _apply_generation_params(body, request)
+    if body.logprob_alternatives is not None:
+        request.logprobs.top_logprobs = body.logprob_alternatives
+    _apply_tools(body, request)
+    _apply_response_format(body.response_format, request)
     return request
+
+
+_TOOL_CHOICE_MODES = {
+    "none": generation_pb2.TOOL_CHOICE_MODE_NONE,
+    "auto": generation_pb2.TOOL_CHOICE_MODE_AUTO,
+    "required": generation_pb2.TOOL_CHOICE_MODE_REQUIRED,
+}
+
+
+def _apply_tools(body: schemas.ChatCompletionRequest, request: generation_pb2.GenerateRequest) -> None:
+    for tool in body.tools or ():
+        function = tool.function
+        request.tools.add(
+            type="function",
+            function=generation_pb2.FunctionDefinition(
+                name=function.name,
+                description=function.description or "",
+                parameters="" if function.parameters is None else json.dumps(function.parameters),
+            ),
+        )
+    if isinstance(body.tool_choice, schemas.NamedToolChoice):
+        request.tool_choice.function_name = body.tool_choice.function.name
+    elif body.tool_choice is not None:
+        request.tool_choice.mode = _TOOL_CHOICE_MODES[body.tool_choice]
+    _set_sent(request, {"parallel_tool_calls": body.parallel_tool_calls})
+
+
+def _apply_response_format(
+    response_format: schemas.ResponseFormat | None, request: generation_pb2.GenerateRequest
+) -> None:
+    if response_format is None or response_format.type == "text":
+        return
+    if response_format.type == "json_object":
+        request.structured_output.json_object = True
+        return
+    schema = response_format.json_schema.json_schema if response_format.json_schema else None
+    request.structured_output.json_schema = json.dumps({} if schema is None or schema is True else schema)
 
 
 def completion_requests(body: schemas.CompletionRequest, request_id: str) -> list[generation_pb2.GenerateRequest]:
     """One request per prompt; the worker serves one prompt per call."""
-    template = generation_pb2.GenerateRequest(request_id=request_id, model=body.model or "")
+    template = generation_pb2.GenerateRequest(request_id=request_id, model=body.model or "", echo=bool(body.echo))
     _apply_generation_params(body, template)
+    if body.logprobs is not None:
+        # With echo, the prompt's tokens are scored too (they come first in the logprobs).
+        template.logprobs.CopyFrom(
+            generation_pb2.LogprobOptions(top_logprobs=body.logprobs, prompt_logprobs=bool(body.echo))
+        )
     requests = []
     for prompt in body.prompt:
         request = generation_pb2.GenerateRequest()
@@ -244,18 +303,150 @@ def usage_dict(usage: common_pb2.Usage) -> dict[str, Any]:
     }
 
 
+def _chat_token(entry: generation_pb2.TokenLogprob) -> dict[str, Any]:
+    return {
+        "token": entry.token,
+        "logprob": entry.logprob,
+        "bytes": list(entry.bytes),
+        "top_logprobs": [
+            {"token": top.token, "logprob": top.logprob, "bytes": list(top.bytes)} for top in entry.top_logprobs
+        ],
+    }
+
+
+class _ChoiceLogprobs:
+    """The logprobs one choice shows, fed its deltas (or its whole sequence) in order.
+
+    Shown: the prompt's tokens first (echo), then the generated tokens of the text. Left out: the
+    EOS or stop token that ended the sequence, and tokens wholly inside a stop string that was
+    cut from the text (neither is part of the output).
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[generation_pb2.TokenLogprob] = []
+        self._text_bytes = 0  # generated text so far
+        self._token_bytes = 0  # generated tokens so far
+
+    def add(self, output: generation_pb2.SequenceDelta | generation_pb2.Sequence) -> None:
+        self._pending.extend(output.prompt_logprobs)
+        self._text_bytes += len(output.text.encode())
+        generated = list(output.logprobs)
+        finish = output.finish if output.HasField("finish") else None
+        if finish is not None and finish.HasField("stop_token_id") and generated:
+            if generated[-1].token_id == finish.stop_token_id:
+                generated.pop()
+        for entry in generated:
+            if finish is not None and finish.stop_string and self._token_bytes >= self._text_bytes:
+                break
+            self._token_bytes += len(entry.bytes)
+            self._pending.append(entry)
+
+    def _take(self) -> list[generation_pb2.TokenLogprob]:
+        entries, self._pending = self._pending, []
+        return entries
+
+
+class ChatLogprobs(_ChoiceLogprobs):
+    """OpenAI's chat logprobs: {"content": [{token, logprob, bytes, top_logprobs}], "refusal"}."""
+
+    def whole(self) -> dict[str, Any]:
+        return {"content": [_chat_token(entry) for entry in self._take()], "refusal": None}
+
+    def chunk(self) -> dict[str, Any] | None:
+        # Like OpenAI, a chunk without tokens (the finishing one) has null logprobs.
+        return self.whole() if self._pending else None
+
+
+class CompletionLogprobs(_ChoiceLogprobs):
+    """The legacy completions logprobs: tokens, token_logprobs, top_logprobs (token → logprob, the
+    sampled token included) and text_offset, which counts on across chunks.
+
+    Offsets are in characters of the choice's text (echoed prompt included); a token that starts
+    inside a multi-byte character gets that character's offset.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chars = 0
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def chunk(self) -> dict[str, Any]:
+        shaped: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for entry in self._take():
+            shaped["tokens"].append(entry.token)
+            shaped["text_offset"].append(self._chars)
+            self._chars += len(self._utf8.decode(entry.bytes))
+            if not entry.HasField("logprob"):  # the first prompt token: nothing precedes it
+                shaped["token_logprobs"].append(None)
+                shaped["top_logprobs"].append(None)
+                continue
+            shaped["token_logprobs"].append(entry.logprob)
+            top = {alternative.token: alternative.logprob for alternative in entry.top_logprobs}
+            top.setdefault(entry.token, entry.logprob)
+            shaped["top_logprobs"].append(top)
+        return shaped
+
+    whole = chunk
+
+
+def tool_calls_json(calls: Iterable[generation_pb2.ToolCall]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": call.id,
+            "type": call.type or "function",
+            "function": {"name": call.function.name, "arguments": call.function.arguments},
+        }
+        for call in calls
+    ]
+
+
+def _chat_message(sequence: generation_pb2.Sequence) -> dict[str, Any]:
+    """With tool calls, content is null unless the model also wrote text (OpenAI's shape)."""
+    message: dict[str, Any] = {"role": "assistant", "content": sequence.text, "refusal": None}
+    if sequence.tool_calls:
+        message["content"] = sequence.text or None
+        message["tool_calls"] = tool_calls_json(sequence.tool_calls)
+    return message
+
+
 def _chat_choice(index: int, sequence: generation_pb2.Sequence) -> dict[str, Any]:
     return {
         "index": index,
-        "message": {"role": "assistant", "content": sequence.text, "refusal": None},
+        "message": _chat_message(sequence),
         "logprobs": None,
         "finish_reason": finish_reason(sequence.finish),
     }
 
 
+def tool_call_delta_json(delta: generation_pb2.ToolCallDelta) -> dict[str, Any]:
+    """A streamed tool-call delta: the first of a call carries index, id, type and function.name
+    (with arguments, "" or a first fragment); later ones only index and an arguments fragment."""
+    if delta.id:
+        return {
+            "index": delta.index,
+            "id": delta.id,
+            "type": delta.type or "function",
+            "function": {"name": delta.function.name, "arguments": delta.function.arguments},
+        }
+    return {"index": delta.index, "function": {"arguments": delta.function.arguments}}
+
+
+def chat_tool_calls_chunk_choice(
+    index: int, deltas: Iterable[generation_pb2.ToolCallDelta], reason: str | None
+) -> dict[str, Any]:
+    return {
+        "index": index,
+        "delta": {"tool_calls": [tool_call_delta_json(delta) for delta in deltas]},
+        "logprobs": None,
+        "finish_reason": reason,
+    }
+
+
 def _completion_choice(index: int, sequence: generation_pb2.Sequence) -> dict[str, Any]:
     reason = finish_reason(sequence.finish)
-    return {"index": index, "text": sequence.text, "logprobs": None, "finish_reason": reason}
+    # With echo, the worker sends the prompt in prompt_text (empty otherwise).
+    text = sequence.prompt_text + sequence.text
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
 
 
 def _chat_chunk_opening(index: int) -> dict[str, Any]:
@@ -282,6 +473,8 @@ class GenerationFormat:
     chunk_choice: Callable[[int, str, str | None], dict[str, Any]]
     # The chunk each choice starts with before any text, if the format has one.
     opening_choice: Callable[[int], dict[str, Any]] | None = None
+    # Shapes one choice's logprobs (a fresh one per choice: completions count offsets on).
+    logprobs: Callable[[], ChatLogprobs | CompletionLogprobs] = ChatLogprobs
 
 
 CHAT = GenerationFormat(
@@ -292,6 +485,7 @@ CHAT = GenerationFormat(
     choice=_chat_choice,
     chunk_choice=_chat_chunk_choice,
     opening_choice=_chat_chunk_opening,
+    logprobs=ChatLogprobs,
 )
 COMPLETION = GenerationFormat(
     id_prefix="cmpl",
@@ -300,6 +494,7 @@ COMPLETION = GenerationFormat(
     params=COMPLETION_PARAMS,
     choice=_completion_choice,
     chunk_choice=_completion_chunk_choice,
+    logprobs=CompletionLogprobs,
 )
 
 
@@ -308,13 +503,19 @@ def generation_response(
     responses: Sequence[generation_pb2.GenerateResponse],
     n: int,
     header: ResponseHeader,
+    logprobs: bool = False,
 ) -> dict[str, Any]:
-    """The non-streaming answer; response i holds the n choices of prompt i (index i·n + j)."""
-    choices = [
-        fmt.choice(prompt_index * n + sequence.index, sequence)
-        for prompt_index, response in enumerate(responses)
-        for sequence in response.sequences
-    ]
+    """The non-streaming answer; response i holds the n choices of prompt i (index i·n + j).
+    With `logprobs` (the request asked for them), every choice carries its logprobs."""
+    choices = []
+    for prompt_index, response in enumerate(responses):
+        for sequence in response.sequences:
+            choice = fmt.choice(prompt_index * n + sequence.index, sequence)
+            if logprobs:
+                shaper = fmt.logprobs()
+                shaper.add(sequence)
+                choice["logprobs"] = shaper.whole()
+            choices.append(choice)
     choices.sort(key=lambda choice: choice["index"])
     return {
         **header.fields(fmt.object_name),

@@ -1,4 +1,5 @@
-"""The gRPC side of the bridge: a small round-robin pool of channels to one worker."""
+"""The gRPC side of the bridge: a small round-robin pool of channels to one worker, whose calls
+carry the request id (and the worker's API key) and feed the bridge's usage metrics."""
 from __future__ import annotations
 
 import itertools
@@ -8,6 +9,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from rest_bridge.metrics import client_interceptors
 from tokenwire.v1 import embedding_pb2_grpc, generation_pb2_grpc, models_pb2_grpc, tokenization_pb2_grpc
 
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -49,9 +51,10 @@ class Upstream:
     for one bridge process.
     """
 
-    def __init__(self, address: str, timeout: float | None, size: int = 2) -> None:
+    def __init__(self, address: str, timeout: float | None, api_key: str | None = None, size: int = 2) -> None:
         self.address = address
         self.timeout = timeout
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._size = size
         self._channels: list[grpc.aio.Channel] = []
         self._stubs: list[Stubs] = []
@@ -61,14 +64,16 @@ class Upstream:
         """The stubs of the next channel, round-robin."""
         if not self._channels:
             self._channels = [
-                grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) for _ in range(self._size)
+                grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS, interceptors=client_interceptors())
+                for _ in range(self._size)
             ]
             self._stubs = [Stubs.on(channel) for channel in self._channels]
         return self._stubs[next(self._next) % self._size]
 
     def call_options(self, request_id: str) -> dict[str, Any]:
-        """Keyword arguments of every call: the deadline and the request id as metadata."""
-        return {"timeout": self.timeout, "metadata": (("x-request-id", request_id),)}
+        """Keyword arguments of every call: the deadline, and the request id (and the worker's API
+        key, if any) as metadata."""
+        return {"timeout": self.timeout, "metadata": (("x-request-id", request_id), *self._metadata)}
 
     async def close(self) -> None:
         channels, self._channels, self._stubs = self._channels, [], []

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pathlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from service.models.packaged import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATION_MODEL
+from tokenwire.api_keys import add_api_key_argument
 
 
 def _env(name: str, default: str) -> str:
@@ -17,10 +20,51 @@ def _env_list(name: str) -> list[str]:
     return [item for item in _env(name, "").split(",") if item]
 
 
-def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens, for usage.estimated_cost."""
+
+    input_per_million: float = 0.0
+    output_per_million: float = 0.0
+
+
+def parse_price(spec: str) -> tuple[str, Price]:
+    """`MODEL_ID=INPUT,OUTPUT` (USD per million prompt and completion tokens)."""
+    model_id, _, prices = spec.partition("=")
+    try:
+        values = [float(value) for value in prices.split(",")]
+    except ValueError:
+        values = []
+    if not model_id or len(values) != 2 or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ValueError(
+            f"--price {spec!r}: expected MODEL_ID=INPUT,OUTPUT with two non-negative numbers "
+            "(USD per million tokens), e.g. my-org/llama=0.03,0.05"
+        )
+    return model_id, Price(values[0], values[1])
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser, metrics_port: int = 0) -> None:
+    """The worker's flags; `metrics_port` is the default of --metrics-port (0 = no metrics)."""
     group = parser.add_argument_group("worker")
     group.add_argument("--grpc-host", default=_env("GRPC_HOST", "127.0.0.1"))
     group.add_argument("--grpc-port", type=int, default=int(_env("GRPC_PORT", "50051")))
+    group.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("METRICS_PORT", str(metrics_port))),
+        help="serve the worker's Prometheus metrics over HTTP on this port, on --grpc-host; "
+        "0 = off (env TOKENWIRE_METRICS_PORT; default %(default)s)",
+    )
+    add_api_key_argument(group)
+    group.add_argument(
+        "--price",
+        action="append",
+        dest="prices",
+        default=[item for item in _env("PRICES", "").split(";") if item],
+        metavar="MODEL_ID=INPUT,OUTPUT",
+        help="USD per million prompt (INPUT) and completion (OUTPUT) tokens of a served model, "
+        "for usage.estimated_cost; default 0 (repeatable; env TOKENWIRE_PRICES, ';'-separated)",
+    )
     group.add_argument(
         "--model",
         action="append",
@@ -49,6 +93,19 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default=_env("DTYPE", "auto"), help="auto, bfloat16, float16 or float32"
     )
     group.add_argument(
+        "--threads",
+        type=int,
+        default=int(_env("THREADS", "0")),
+        help="CPU threads for tensor operations (0: torch's default, one per core)",
+    )
+    group.add_argument(
+        "--quantization",
+        choices=("auto", "none", "int8", "int4"),
+        default=_env("QUANTIZATION", "auto"),
+        help="weights kept in 4 or 8 bits for CPU decoding; auto: a GGUF's own precision on CPU, "
+        "none elsewhere",
+    )
+    group.add_argument(
         "--cache-dir",
         type=pathlib.Path,
         default=pathlib.Path(_env("CACHE_DIR", str(pathlib.Path.home() / ".cache" / "tokenwire"))),
@@ -70,10 +127,15 @@ class WorkerSettings:
     embedding_models: tuple[str, ...]
     device: str
     dtype: str
+    quantization: str
+    threads: int
     cache_dir: pathlib.Path
     max_running: int
     max_waiting: int
     shutdown_grace_s: float
+    metrics_port: int = 0
+    api_keys: tuple[str, ...] = ()
+    prices: Mapping[str, Price] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -92,8 +154,13 @@ class WorkerSettings:
             embedding_models=tuple(embedding),
             device=args.device,
             dtype=args.dtype,
+            quantization=args.quantization,
+            threads=args.threads,
             cache_dir=args.cache_dir,
             max_running=args.max_running,
             max_waiting=args.max_waiting,
             shutdown_grace_s=args.shutdown_grace,
+            metrics_port=args.metrics_port,
+            api_keys=tuple(args.api_keys),
+            prices=dict(parse_price(spec) for spec in args.prices),
         )

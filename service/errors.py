@@ -46,3 +46,9 @@ class NotReady(TokenwireError):
     """Loading, draining, or the engine is dead."""
 
     reason = "NOT_READY"
+
+
+class Unauthenticated(TokenwireError):
+    """Missing or wrong API key."""
+
+    reason = "INVALID_API_KEY"

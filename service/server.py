@@ -10,15 +10,19 @@ import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.config import WorkerSettings
 from service.engine.types import GenerationRequest, SamplingParams, StoppingParams
+from service.metrics import serve_metrics
 from service.models.loading import load_embedding_model, load_generation_model
 from service.models.registry import EmbeddingModel, GenerationModel, ModelRegistry
+from service.servicers.auth import ApiKeyInterceptor
 from service.servicers.embedding import EmbeddingServicer
 from service.servicers.generation import GenerationServicer
 from service.servicers.models import ModelsServicer
@@ -60,10 +64,15 @@ SERVER_OPTIONS = [
 
 def load_models(settings: WorkerSettings, registry: ModelRegistry) -> None:
     """Blocking: runs in a thread while the server already answers health checks."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     for spec in settings.generation_models:
         registry.add(load_generation_model(spec, settings))
     for spec in settings.embedding_models:
         registry.add(load_embedding_model(spec, settings))
+    unknown = set(settings.prices) - {model.card.model_id for model in registry.all()}
+    if unknown:
+        raise ValueError(f"--price names models that are not served: {', '.join(sorted(unknown))}")
 
 
 async def warm_up(registry: ModelRegistry) -> None:
@@ -101,7 +110,10 @@ async def _watch_engines(registry: ModelRegistry, servicer: health.aio.HealthSer
 
 async def serve(settings: WorkerSettings) -> None:
     registry = ModelRegistry()
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=SERVER_OPTIONS)
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorMappingInterceptor()]
+    if settings.api_keys:
+        interceptors.insert(0, ApiKeyInterceptor(settings.api_keys))
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(registry), server)
     embedding_pb2_grpc.add_EmbeddingServicer_to_server(EmbeddingServicer(registry), server)
     tokenization_pb2_grpc.add_TokenizationServicer_to_server(TokenizationServicer(registry), server)
@@ -112,6 +124,15 @@ async def serve(settings: WorkerSettings) -> None:
     if server.add_insecure_port(settings.address) == 0:
         raise SystemExit(f"cannot listen on {settings.address}")
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    stop_metrics: Callable[[], None] | None = None
+    if settings.metrics_port:
+        try:
+            stop_metrics = serve_metrics(settings.grpc_host, settings.metrics_port, registry)
+        except OSError as error:
+            raise SystemExit(
+                f"cannot serve metrics on {settings.grpc_host}:{settings.metrics_port}: {error}"
+            ) from None
+        log.info("metrics on http://%s:%d/metrics", settings.grpc_host, settings.metrics_port)
     await server.start()
     log.info("listening on %s; loading models", settings.address)
 
@@ -133,6 +154,8 @@ async def serve(settings: WorkerSettings) -> None:
     await asyncio.wait({loading, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done() and loading.exception() is not None:
         await server.stop(0)
+        if stop_metrics is not None:
+            stop_metrics()
         raise loading.exception()  # type: ignore[misc]
     await stopped
     log.info("shutting down: draining for up to %.0fs", settings.shutdown_grace_s)
@@ -144,8 +167,14 @@ async def serve(settings: WorkerSettings) -> None:
             model.engine.stop()
         elif isinstance(model, EmbeddingModel):
             model.embedder.close()
+    if stop_metrics is not None:
+        stop_metrics()
 
 
 def run_worker(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(WorkerSettings.from_args(args)))
+    try:
+        settings = WorkerSettings.from_args(args)
+    except ValueError as error:  # a malformed flag value, e.g. --price
+        raise SystemExit(f"tokenwire worker: {error}") from None
+    asyncio.run(serve(settings))

@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+# `tokenwire serve` exposes the worker's metrics by default (a lone worker does not).
+SERVE_METRICS_PORT = 9400
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tokenwire", description=__doc__)
@@ -20,8 +23,8 @@ def main(argv: list[str] | None = None) -> None:
 
     add_worker_arguments(worker)
     add_bridge_arguments(bridge)
-    add_worker_arguments(serve)
-    add_bridge_arguments(serve, worker_address_flag=False)
+    add_worker_arguments(serve, metrics_port=SERVE_METRICS_PORT)
+    add_bridge_arguments(serve, standalone=False)
     args = parser.parse_args(argv)
 
     if args.command == "worker":

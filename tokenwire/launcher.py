@@ -35,6 +35,22 @@ def _stop(processes: list[BaseProcess]) -> None:
             process.kill()
 
 
+def _banner(args: argparse.Namespace) -> str:
+    """What `tokenwire serve` prints once both processes are ready."""
+    lines = [
+        "",
+        "tokenwire is ready",
+        f"  OpenAI REST API: http://{args.http_host}:{args.http_port}/v1",
+        f"  gRPC API:        {args.grpc_host}:{args.grpc_port}",
+        f"  Metrics:         http://{args.http_host}:{args.http_port}/metrics (bridge)",
+    ]
+    if args.metrics_port:
+        lines.append(f"                   http://{args.grpc_host}:{args.metrics_port}/metrics (worker)")
+    if args.api_keys:
+        lines.append("  API keys:        required (Authorization: Bearer KEY)")
+    return "\n".join(lines) + "\n"
+
+
 def run_stack(args: argparse.Namespace) -> int:
     from rest_bridge.app import run_bridge
     from service.server import run_worker
@@ -54,12 +70,7 @@ def run_stack(args: argparse.Namespace) -> int:
         while all(p.is_alive() for p in processes):
             if not announced and _healthy(health_url):
                 announced = True
-                print(
-                    "\ntokenwire is ready\n"
-                    f"  OpenAI REST API: http://{args.http_host}:{args.http_port}/v1\n"
-                    f"  gRPC API:        {args.grpc_host}:{args.grpc_port}\n",
-                    flush=True,
-                )
+                print(_banner(args), flush=True)
             if not announced and time.monotonic() > deadline:
                 print("tokenwire did not become ready in time", flush=True)
                 break

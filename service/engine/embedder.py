@@ -1,14 +1,41 @@
 """Sentence embeddings: encoder forward, pooling, optional truncation and L2 normalization.
 
-Forward passes run on one dedicated thread, never on the event loop. Inputs are sorted by
-length before batching to limit padding.
+Forward passes run on one dedicated thread, never on the event loop. Concurrent calls are merged
+(dynamic batching): the thread takes every call waiting, waits up to `max_wait_s` for more while
+the batch is short of `max_batch` inputs, sorts all the inputs by length to limit padding, runs
+them in batches of `max_batch` and hands each call its rows.
 """
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+import time
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass
+class _Call:
+    inputs: list[list[int]]
+    future: asyncio.Future[torch.Tensor]
+
+    def resolve(self, result: torch.Tensor | BaseException) -> None:
+        """Called from the embedding thread."""
+
+        def settle() -> None:
+            if self.future.done():  # the caller went away
+                return
+            if isinstance(result, BaseException):
+                self.future.set_exception(result)
+            else:
+                self.future.set_result(result)
+
+        try:
+            self.future.get_loop().call_soon_threadsafe(settle)
+        except RuntimeError:  # the event loop is closed
+            pass
 
 
 class Embedder:
@@ -21,6 +48,7 @@ class Embedder:
         pooling: str = "mean",
         normalize: bool = True,
         max_batch: int = 32,
+        max_wait_s: float = 0.002,
     ) -> None:
         if pooling not in ("mean", "cls"):
             raise ValueError(f"unsupported pooling {pooling!r}")
@@ -30,14 +58,18 @@ class Embedder:
         self.normalize_by_default = normalize
         self._pad = pad_token_id
         self._max_batch = max_batch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenwire-embed")
+        self._max_wait_s = max_wait_s
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="tokenwire-embed", daemon=True)
+        self._thread.start()
 
     async def embed(
         self, inputs: list[list[int]], *, normalize: bool | None = None, dimensions: int | None = None
     ) -> torch.Tensor:
         """Embeds token-id inputs; returns a float32 CPU tensor [len(inputs), dimension]."""
-        loop = asyncio.get_running_loop()
-        pooled = await loop.run_in_executor(self._executor, self._embed_all, inputs)
+        call = _Call(inputs, asyncio.get_running_loop().create_future())
+        self._calls.put(call)
+        pooled = await call.future
         if dimensions:
             pooled = pooled[:, :dimensions]
         if self.normalize_by_default if normalize is None else normalize:
@@ -45,7 +77,38 @@ class Embedder:
         return pooled
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._calls.put(None)
+
+    def _serve(self) -> None:
+        while (first := self._calls.get()) is not None:
+            calls, closing = self._gather(first)
+            try:
+                pooled = self._embed_all([ids for call in calls for ids in call.inputs])
+            except Exception as error:  # fails the calls of this batch, not the embedder
+                for call in calls:
+                    call.resolve(error)
+            else:
+                start = 0
+                for call in calls:
+                    call.resolve(pooled[start : start + len(call.inputs)])
+                    start += len(call.inputs)
+            if closing:
+                return
+
+    def _gather(self, first: _Call) -> tuple[list[_Call], bool]:
+        """The calls of the next batch; True when close() was called meanwhile."""
+        calls, size = [first], len(first.inputs)
+        deadline = time.monotonic() + self._max_wait_s
+        while size < self._max_batch:
+            try:
+                call = self._calls.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                break
+            if call is None:
+                return calls, True
+            calls.append(call)
+            size += len(call.inputs)
+        return calls, False
 
     @torch.inference_mode()
     def _embed_all(self, inputs: list[list[int]]) -> torch.Tensor:

@@ -1,11 +1,19 @@
-"""The generation engine: a scheduler loop in its own thread, fed and drained through
+"""The generation engine: continuous batching in a scheduler thread, fed and drained through
 thread-safe queues, so a forward pass never blocks the asyncio event loop.
 
 Public face: `submit(request) -> RequestStream` (an async iterator of SequenceUpdate) and
-`RequestStream.cancel()`. Every iteration of the loop admits waiting requests (up to
-`max_running` sequences), runs one forward pass per running sequence, samples all of them in one
-batched call and hands the new text to the requests' streams. Cancelled sequences are dropped
-at the next iteration, freeing their KV cache.
+`RequestStream.cancel()`.
+
+Every iteration of the loop (one forward step):
+1. reads new and cancelled requests; a cancelled request's slots are freed here;
+2. admits waiting requests, first come first served, while the KV cache has a free slot for
+   each of their n sequences (see kv_cache.py for why slots);
+3. builds one step: a decode token for every running sequence, then prompt chunks of the
+   sequences still in prefill (at most `prefill_chunk` tokens each, cut at fixed positions so a
+   prompt is computed the same way whatever the batch), up to `step_tokens` tokens in all, so a
+   long prompt is spread over several steps and never freezes the running streams;
+4. runs it, samples every row that needs a token in one batched call and hands new text to the
+   streams. A request with n > 1 prefills once; its other sequences copy the prompt's cache.
 """
 from __future__ import annotations
 
@@ -21,11 +29,19 @@ from typing import AsyncIterator
 import torch
 
 from service.engine.detokenizer import Decoder, IncrementalDetokenizer
-from service.engine.runner import ModelRunner, SequenceState
+from service.engine.logprobs import prompt_logprobs, token_logprobs
+from service.engine.runner import ModelRunner
 from service.engine.sampler import SamplingRow, sample
 from service.engine.stop import StopStringMatcher
-from service.engine.types import Finish, FinishReason, GenerationRequest, SequenceUpdate
-from service.errors import NotReady, QueueFull
+from service.engine.types import (
+    Finish,
+    FinishReason,
+    GenerationRequest,
+    SequenceUpdate,
+    StepEntry,
+    TokenLogprob,
+)
+from service.errors import InvalidRequest, NotReady, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +84,32 @@ class RequestStream:
         return item  # type: ignore[return-value]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Sequence:
     request: GenerationRequest
     stream: RequestStream
     index: int
+    slot: int
     row: SamplingRow
     detokenizer: IncrementalDetokenizer
     stops: StopStringMatcher
     deadline: float | None
-    state: SequenceState | None = None
-    logits: torch.Tensor | None = None
+    # The sequence whose prefill this one shares (n > 1), until it has been copied.
+    leader: _Sequence | None = None
+    # Positions of this sequence in its cache slot.
+    cached: int = 0
+    # The last sampled token, fed at the next step.
+    next_input: int | None = None
     text: str = ""
     emitted: int = 0
     unsent_ids: list[int] = field(default_factory=list)
+    unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
     finished: bool = False
+
+    @property
+    def prefilling(self) -> bool:
+        return self.next_input is None and self.leader is None
 
 
 class GenerationEngine:
@@ -94,12 +121,18 @@ class GenerationEngine:
         *,
         max_running: int = 16,
         max_waiting: int = 256,
+        step_tokens: int = 512,
+        prefill_chunk: int = 256,
     ) -> None:
+        """`max_running` must not exceed the runner's slots; `step_tokens` bounds the tokens of
+        one forward step (decode tokens plus prompt chunks; one chunk always goes)."""
         self._runner = runner
         self._tokenizer = tokenizer
         self._eos = eos_token_ids
         self._max_running = max_running
         self._max_waiting = max_waiting
+        self._step_tokens = step_tokens
+        self._prefill_chunk = prefill_chunk
         self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
         self._waiting: deque[tuple[GenerationRequest, RequestStream]] = deque()
         self._running: list[_Sequence] = []
@@ -122,10 +155,26 @@ class GenerationEngine:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def waiting_count(self) -> int:
+        """Requests submitted and not yet admitted (the queue length)."""
+        return self._not_admitted
+
+    @property
+    def running_count(self) -> int:
+        """Sequences in the running batch."""
+        return len(self._running)
+
     def submit(self, request: GenerationRequest) -> RequestStream:
         """Queues a validated request. Raises QueueFull when the waiting queue is at its limit."""
         if not self.alive:
             raise NotReady("The generation engine is not running.")
+        if request.n > self._max_running:
+            raise InvalidRequest(
+                f"`n` must be at most {self._max_running} on this worker (its parallel sequences), "
+                f"got {request.n}.",
+                field="sampling.n",
+            )
         with self._admission:
             if self._not_admitted >= self._max_waiting:
                 raise QueueFull(
@@ -172,12 +221,14 @@ class GenerationEngine:
         if len(self._waiting) != before:
             with self._admission:
                 self._not_admitted -= 1
+        for seq in self._running:
+            if seq.stream is stream:
+                self._runner.release(seq.slot)
         self._running = [seq for seq in self._running if seq.stream is not stream]
 
     def _admit(self) -> None:
-        # A request with n above max_running is admitted alone rather than never.
-        while self._waiting and (
-            not self._running or len(self._running) + self._waiting[0][0].n <= self._max_running
+        while self._waiting and self._waiting[0][0].n <= min(
+            self._runner.free_slots, self._max_running - len(self._running)
         ):
             request, stream = self._waiting.popleft()
             with self._admission:
@@ -189,48 +240,103 @@ class GenerationEngine:
         deadline = time.monotonic() + stopping.time_limit_s if stopping.time_limit_s else None
         banned = frozenset() if stopping.ignore_eos else self._eos
         banned = (banned | stopping.stop_token_ids) if stopping.min_new_tokens else frozenset()
-        return [
-            _Sequence(
+        sequences: list[_Sequence] = []
+        for i in range(request.n):
+            sequences.append(_Sequence(
                 request=request,
                 stream=stream,
                 index=i,
+                slot=self._runner.allocate(),
                 row=SamplingRow(
                     params=request.sampling,
                     generator=torch.Generator().manual_seed((request.seed + i) % 2**63),
                     prompt_ids=request.prompt_ids,
                     banned_ids=banned,
+                    constraint=request.constraint() if request.constraint else None,
                 ),
                 detokenizer=IncrementalDetokenizer(self._tokenizer, request.skip_special_tokens),
                 stops=StopStringMatcher(stopping.stop_strings, stopping.include_stop_string),
                 deadline=deadline,
-            )
-            for i in range(request.n)
-        ]
+                leader=sequences[0] if sequences else None,
+            ))
+        if request.prompt_logprobs is not None:
+            sequences[0].prompt_logprobs = []
+        return sequences
 
     def _step(self) -> None:
+        entries: list[StepEntry] = []
+        owners: list[_Sequence] = []
+        # Decode tokens first, in slot order: the runner reads the cache in place when the
+        # rows line up with the slots.
+        for seq in sorted(self._running, key=lambda s: s.slot):
+            if seq.next_input is not None:
+                entries.append(StepEntry(seq.slot, [seq.next_input], seq.cached))
+                owners.append(seq)
+        budget = self._step_tokens - len(entries)
+        chunks = 0
         for seq in self._running:
-            if seq.state is None:
-                self._prefill(seq)
-            elif seq.logits is None:
-                seq.logits = self._runner.decode(seq.row.output_ids[-1], seq.state)
-        tokens = sample(torch.stack([seq.logits for seq in self._running]), [s.row for s in self._running])
-        still_running = []
-        for seq, token in zip(self._running, tokens):
-            seq.logits = None
-            if not self._advance(seq, token):
-                still_running.append(seq)
-        self._running = still_running
+            if not seq.prefilling:
+                continue
+            prompt = seq.request.prompt_ids
+            chunk = list(prompt[seq.cached : seq.cached + self._prefill_chunk])
+            if chunks and len(chunk) > budget:
+                break
+            last = seq.cached + len(chunk) == len(prompt)
+            keep = len(chunk) if seq.prompt_logprobs is not None else int(last)
+            entries.append(StepEntry(seq.slot, chunk, seq.cached, logits_for=keep))
+            owners.append(seq)
+            budget -= len(chunk)
+            chunks += 1
+        logits = self._runner.step(entries)
 
-    def _prefill(self, seq: _Sequence) -> None:
-        """The first sequence of a request runs the prompt; its siblings copy the result."""
-        sibling = next(
-            (s for s in self._running if s.stream is seq.stream and s.state is not None and not s.row.output_ids),
-            None,
-        )
-        if sibling is not None:
-            seq.state, seq.logits = self._runner.fork(sibling.state), sibling.logits  # type: ignore[arg-type]
-        else:
-            seq.logits, seq.state = self._runner.prefill(seq.request.prompt_ids)
+        to_sample: list[_Sequence] = []
+        rows: list[int] = []
+        offset = 0
+        for entry, seq in zip(entries, owners):
+            seq.cached += len(entry.token_ids)
+            if seq.prompt_logprobs is not None and seq.next_input is None:
+                seq.prompt_logprobs.extend(prompt_logprobs(
+                    logits[offset : offset + entry.logits_for], seq.request.prompt_ids, entry.start,
+                    seq.request.prompt_logprobs or 0,
+                ))
+            offset += entry.logits_for
+            if seq.next_input is None and seq.cached < len(seq.request.prompt_ids):
+                continue  # more of the prompt to go
+            row = offset - 1
+            for follower in self._followers(seq):
+                self._runner.copy_prefix(seq.slot, follower.slot, seq.cached)
+                follower.cached, follower.leader = seq.cached, None
+                follower.prompt_logprobs = seq.prompt_logprobs
+                to_sample.append(follower)
+                rows.append(row)
+            to_sample.append(seq)
+            rows.append(row)
+        if to_sample:
+            self._sample_and_advance(logits[torch.tensor(rows, device=logits.device)], to_sample)
+
+    def _followers(self, seq: _Sequence) -> list[_Sequence]:
+        """The other sequences of seq's request waiting for its prefill (none after it)."""
+        if seq.next_input is not None or seq.index != 0:
+            return []
+        return [s for s in self._running if s.leader is seq]
+
+    def _sample_and_advance(self, logits: torch.Tensor, sequences: list[_Sequence]) -> None:
+        tokens = sample(logits, [seq.row for seq in sequences])
+        wanted = [seq.request.logprobs for seq in sequences]
+        if any(count is not None for count in wanted):
+            scored = token_logprobs(logits, tokens, [count or 0 for count in wanted])
+            for seq, logprob in zip(sequences, scored):
+                if seq.request.logprobs is not None:
+                    seq.unsent_logprobs.append(logprob)
+        ended = set()
+        for seq, token in zip(sequences, tokens):
+            if self._advance(seq, token):
+                ended.add(seq)
+                self._runner.release(seq.slot)
+            else:
+                seq.next_input = token
+        if ended:
+            self._running = [seq for seq in self._running if seq not in ended]
 
     def _advance(self, seq: _Sequence, token: int) -> bool:
         """Adds a sampled token, emits what can be emitted; returns True when the sequence ended."""
@@ -238,8 +344,13 @@ class GenerationEngine:
         seq.row.output_ids.append(token)
         seq.unsent_ids.append(token)
         finish: Finish | None = None
+        constraint = seq.row.constraint
+        if constraint is not None:
+            constraint.accept(token)
         if token in stopping.stop_token_ids or (token in self._eos and not stopping.ignore_eos):
             finish = Finish(FinishReason.STOP, stop_token_id=token)
+        elif constraint is not None and constraint.is_terminated():
+            finish = self._append_text(seq, seq.detokenizer.push(token)) or Finish(FinishReason.STOP)
         else:
             new_text = seq.detokenizer.push(token)
             finish = self._append_text(seq, new_text)
@@ -274,8 +385,19 @@ class GenerationEngine:
         if end <= seq.emitted and finish is None:
             return
         text, seq.emitted = seq.text[seq.emitted : end], max(end, seq.emitted)
-        seq.stream._push(SequenceUpdate(seq.index, text, tuple(seq.unsent_ids), finish))
+        seq.stream._push(
+            SequenceUpdate(
+                seq.index,
+                text,
+                tuple(seq.unsent_ids),
+                finish,
+                logprobs=tuple(seq.unsent_logprobs),
+                prompt_logprobs=tuple(seq.prompt_logprobs) if seq.prompt_logprobs is not None else None,
+            )
+        )
+        seq.prompt_logprobs = None
         seq.unsent_ids.clear()
+        seq.unsent_logprobs.clear()
         if finish is not None:
             seq.finished = True
             if all(s.finished for s in self._running if s.stream is seq.stream):
@@ -284,4 +406,6 @@ class GenerationEngine:
     def _fail_running(self, error: Exception) -> None:
         for stream in {id(s.stream): s.stream for s in self._running}.values():
             stream._push(error)
+        for seq in self._running:
+            self._runner.release(seq.slot)
         self._running = []

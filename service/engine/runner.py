@@ -1,54 +1,100 @@
-"""Forward passes of a causal language model, one sequence at a time, each with its own KV cache.
-
-This runner drives any transformers causal LM through its generic forward. It is the seam the
-continuous-batching engine replaces: the scheduler only needs `prefill`, `decode` and `fork`.
-"""
+"""Forward passes for the engine: the lean Llama-family runner, or transformers' forward for
+every other architecture. Both hand out KV-cache slots and run a step of StepEntry at once."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any
+import logging
+from typing import Any, Protocol
 
 import torch
 
+from service.engine.llama import LlamaRunner, lean_support_problem
+from service.engine.quantized import Quantization
+from service.engine.types import StepEntry
 
-@dataclass
-class SequenceState:
-    """A sequence's KV cache and how many positions it holds."""
-
-    cache: Any
-    length: int
+log = logging.getLogger(__name__)
 
 
-class ModelRunner:
-    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+class ModelRunner(Protocol):
+    """What the scheduler needs from a model: cache slots and a forward step."""
+
+    @property
+    def free_slots(self) -> int: ...
+
+    def allocate(self) -> int: ...
+
+    def release(self, slot: int) -> None: ...
+
+    def copy_prefix(self, source: int, target: int, length: int) -> None:
+        """Gives slot `target` the first `length` cached positions of slot `source`."""
+
+    def step(self, entries: list[StepEntry]) -> torch.Tensor:
+        """Runs the entries; returns float logits, each entry's last `logits_for` positions in
+        entry order ([rows, vocab])."""
+
+
+class TransformersRunner:
+    """transformers' generic forward, one sequence at a time, each slot with its own cache.
+
+    Slower than the lean runner (one forward call per sequence per step), but it runs any
+    causal LM transformers can load."""
+
+    def __init__(self, model: torch.nn.Module, *, slots: int) -> None:
         self.model = model
-        self.device = device
+        self.device = next(model.parameters()).device
+        self._free = list(range(slots))
+        self._caches: dict[int, Any] = {}
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    def allocate(self) -> int:
+        self._free.sort()
+        return self._free.pop(0)
+
+    def release(self, slot: int) -> None:
+        self._caches.pop(slot, None)
+        self._free.append(slot)
+
+    def copy_prefix(self, source: int, target: int, length: int) -> None:
+        cache = copy.deepcopy(self._caches[source])
+        cache.crop(length)
+        self._caches[target] = cache
 
     @torch.inference_mode()
-    def prefill(self, prompt_ids: tuple[int, ...]) -> tuple[torch.Tensor, SequenceState]:
-        """Runs the prompt; returns the next-token logits ([vocab]) and the sequence state."""
-        ids = torch.tensor([prompt_ids], device=self.device)
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1], SequenceState(out.past_key_values, len(prompt_ids))
+    def step(self, entries: list[StepEntry]) -> torch.Tensor:
+        rows = []
+        for entry in entries:
+            size = len(entry.token_ids)
+            out = self.model(
+                input_ids=torch.tensor([entry.token_ids], device=self.device),
+                position_ids=torch.arange(entry.start, entry.start + size, device=self.device).unsqueeze(0),
+                past_key_values=self._caches.get(entry.slot) if entry.start else None,
+                use_cache=True,
+                logits_to_keep=max(entry.logits_for, 1),
+            )
+            self._caches[entry.slot] = out.past_key_values
+            if entry.logits_for:
+                rows.append(out.logits[0, -entry.logits_for :].float())
+        if not rows:
+            return torch.empty(0, device=self.device)
+        return torch.cat(rows)
 
-    @torch.inference_mode()
-    def decode(self, token_id: int, state: SequenceState) -> torch.Tensor:
-        """Feeds one token; returns the next-token logits ([vocab]) and advances the state."""
-        ids = torch.tensor([[token_id]], device=self.device)
-        position = torch.tensor([[state.length]], device=self.device)
-        out = self.model(
-            input_ids=ids,
-            position_ids=position,
-            past_key_values=state.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        state.cache = out.past_key_values
-        state.length += 1
-        return out.logits[0, -1]
 
-    @staticmethod
-    def fork(state: SequenceState) -> SequenceState:
-        """A copy for another sequence sampled from the same prompt (n > 1 shares one prefill)."""
-        return SequenceState(copy.deepcopy(state.cache), state.length)
+def create_runner(
+    model: torch.nn.Module,
+    *,
+    slots: int,
+    max_length: int,
+    dtype: torch.dtype | None = None,
+    quantization: Quantization = Quantization.NONE,
+) -> ModelRunner:
+    """The lean runner where the architecture allows it, else transformers' forward (which
+    ignores `quantization`). Computes in `dtype`, by default the model's."""
+    problem = lean_support_problem(model.config)
+    if problem is None:
+        return LlamaRunner(model, slots=slots, max_length=max_length, dtype=dtype, quantization=quantization)
+    log.info("%s runs on transformers' forward, unquantized (%s is not supported by the lean runner)",
+             type(model).__name__, problem)
+    return TransformersRunner(model.to(dtype) if dtype else model, slots=slots)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from service.engine.types import SamplingParams
+from service.engine.types import SamplingParams, TokenConstraint
 
 
 @dataclass
@@ -22,6 +22,8 @@ class SamplingRow:
     output_ids: list[int] = field(default_factory=list)
     # Tokens that may not be chosen yet (EOS and stop tokens before min_new_tokens).
     banned_ids: frozenset[int] = frozenset()
+    # Grammar state under constrained decoding: only the tokens it allows can be drawn.
+    constraint: TokenConstraint | None = None
 
 
 def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
@@ -47,10 +49,25 @@ def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
             logits[i, torch.tensor(list(row.banned_ids), device=device)] = float("-inf")
 
 
+def _apply_constraints(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    """In place: tokens the rows' grammars do not allow next get -inf."""
+    constrained = [i for i, row in enumerate(rows) if row.constraint is not None]
+    if not constrained:
+        return
+    vocab = logits.shape[-1]
+    bitmask = torch.full((len(rows), (vocab + 31) // 32), -1, dtype=torch.int32)
+    for i in constrained:
+        rows[i].constraint.fill_bitmask(bitmask, i)  # type: ignore[union-attr]
+    bits = (bitmask.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
+    allowed = bits.flatten(1)[:, :vocab].bool().to(logits.device)
+    logits.masked_fill_(~allowed, float("-inf"))
+
+
 def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
     """Picks one token per row of `logits` ([rows, vocab]) and returns the token ids."""
     logits = logits.float().clone()
     _apply_penalties(logits, rows)
+    _apply_constraints(logits, rows)
     greedy = [row.params.greedy for row in rows]
     if all(greedy):
         return logits.argmax(dim=-1).tolist()

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Protocol
+
+if TYPE_CHECKING:
+    import torch
 
 
 class FinishReason(enum.Enum):
@@ -43,6 +47,32 @@ class StoppingParams:
     max_new_tokens_is_context_limit: bool = False
 
 
+class TokenConstraint(Protocol):
+    """The grammar state of one sequence under constrained decoding (structured output, tools).
+
+    The sampler asks it which tokens may come next, the engine tells it which one came."""
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        """Writes the allowed next tokens into row `row` of an int32 bitmask
+        ([rows, ceil(vocab / 32)], bit j of word i = token 32 * i + j)."""
+
+    def accept(self, token_id: int) -> None:
+        """Advances the grammar past a sampled token."""
+
+    def is_terminated(self) -> bool:
+        """True once the grammar is complete (its stop token accepted)."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the model, with the most likely alternatives."""
+
+    token_id: int
+    logprob: float
+    # (token id, logprob) of the most likely tokens at that position, most likely first.
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     request_id: str
@@ -52,6 +82,23 @@ class GenerationRequest:
     n: int = 1
     seed: int = 0
     skip_special_tokens: bool = True
+    # Log-probabilities of the sampled tokens with this many alternatives (None: none).
+    logprobs: int | None = None
+    # Log-probabilities of the prompt tokens (after the first) with this many alternatives.
+    prompt_logprobs: int | None = None
+    # Builds a fresh grammar state for each of the n sequences (None: unconstrained).
+    constraint: Callable[[], TokenConstraint] | None = None
+
+
+@dataclass(frozen=True)
+class StepEntry:
+    """One sequence's share of a forward step: `token_ids` enter cache slot `slot` at positions
+    `start .. start + len(token_ids)`; the logits of the last `logits_for` of them come back."""
+
+    slot: int
+    token_ids: list[int]
+    start: int
+    logits_for: int = 1
 
 
 @dataclass(frozen=True)
@@ -69,3 +116,8 @@ class SequenceUpdate:
     text: str
     token_ids: tuple[int, ...]
     finish: Finish | None = None
+    # One per token id when the request asked for logprobs.
+    logprobs: tuple[TokenLogprob, ...] = ()
+    # On a sequence's first update only, when the request asked for prompt logprobs: one entry
+    # per prompt token, None for the first (nothing precedes it).
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None

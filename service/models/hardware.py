@@ -5,6 +5,8 @@ import pathlib
 
 import torch
 
+from service.engine.quantized import Quantization
+
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -43,3 +45,16 @@ def resolve_dtype(requested: str, device: torch.device, *, embedding: bool = Fal
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def resolve_quantization(requested: str, device: torch.device, gguf_bits: int | None) -> Quantization:
+    """`auto`: a 4-bit GGUF keeps its 4 bits on CPU, where decoding speed is memory traffic;
+    everything else runs unquantized. The quantized kernels exist on CPU only."""
+    if requested != "auto":
+        quantization = Quantization(requested)
+        if quantization is not Quantization.NONE and device.type != "cpu":
+            raise ValueError(f"--quantization {requested} runs on CPU only; use none on {device}")
+        return quantization
+    if device.type == "cpu" and gguf_bits == 4:
+        return Quantization.INT4
+    return Quantization.NONE

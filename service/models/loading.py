@@ -11,14 +11,15 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from service.config import WorkerSettings
+from service.config import Price, WorkerSettings
 from service.engine.embedder import Embedder
 from service.engine.engine import GenerationEngine
-from service.engine.runner import ModelRunner
-from service.models.hardware import dtype_name, resolve_device, resolve_dtype
+from service.engine.quantized import Quantization
+from service.engine.runner import create_runner
+from service.models.hardware import dtype_name, resolve_device, resolve_dtype, resolve_quantization
 from service.models.packaged import PACKAGED_MODELS
 from service.models.registry import EmbeddingModel, GenerationModel, ModelCard, ModelKind
-from service.models.weights import converted_gguf_dir, weights_version
+from service.models.weights import converted_gguf_dir, gguf_weight_bits, weights_version
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,15 @@ def parse_spec(spec: str) -> ModelSource:
     return ModelSource(model_id, resolved)
 
 
+def _prices(settings: WorkerSettings, model_id: str) -> dict[str, float]:
+    """The ModelCard price fields of a model: its --price, else zero."""
+    price = settings.prices.get(model_id, Price())
+    return {
+        "price_input_per_million": price.input_per_million,
+        "price_output_per_million": price.output_per_million,
+    }
+
+
 def _deploy_id(model_id: str, version: str) -> str:
     """Stable across restarts and replicas serving the same weights."""
     return hashlib.sha256(f"{model_id}:{version}".encode()).hexdigest()[:16]
@@ -60,15 +70,22 @@ def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationMode
         hf_dir = converted_gguf_dir(source.path, version, settings.cache_dir)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    gguf_bits = gguf_weight_bits(source.path) if source.path.suffix == ".gguf" else None
+    quantization = resolve_quantization(settings.quantization, device, gguf_bits)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).to(device).eval()
+    # Quantization starts from the exact float32 values (a GGUF's grid), then computes in dtype.
+    load_dtype = dtype if quantization is Quantization.NONE else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=load_dtype).to(device).eval()
 
     eos = set(_as_list(model.generation_config.eos_token_id))
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
     configured = model.generation_config.to_diff_dict()
+    context_length = int(getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length)
     engine = GenerationEngine(
-        ModelRunner(model, device),
+        create_runner(
+            model, slots=settings.max_running, max_length=context_length, dtype=dtype, quantization=quantization
+        ),
         tokenizer,
         frozenset(eos),
         max_running=settings.max_running,
@@ -80,9 +97,10 @@ def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationMode
         version=version,
         deploy_id=_deploy_id(source.model_id, version),
         created=int(time.time()),
-        context_length=int(getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length),
+        context_length=context_length,
         device=str(device),
-        dtype=dtype_name(dtype),
+        dtype=dtype_name(dtype) if quantization is Quantization.NONE else f"{dtype_name(dtype)}+{quantization.value}",
+        **_prices(settings, source.model_id),
         has_chat_template=bool(tokenizer.chat_template),
         eos_token_ids=tuple(sorted(eos)),
     )
@@ -93,6 +111,7 @@ def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationMode
         tokenizer=tokenizer,
         engine=engine,
         sampling_defaults={k: configured[k] for k in _SAMPLING_DEFAULT_KEYS if k in configured},
+        vocab_size=int(getattr(model.config, "vocab_size", 0) or 0),
     )
 
 
@@ -115,6 +134,7 @@ def load_embedding_model(spec: str, settings: WorkerSettings) -> EmbeddingModel:
         context_length=context_length,
         device=str(device),
         dtype=dtype_name(dtype),
+        **_prices(settings, source.model_id),
         embedding_dimension=model.config.hidden_size,
     )
     embedder = Embedder(

@@ -54,6 +54,8 @@ class GenerationModel:
     engine: GenerationEngine
     # Sampling defaults from the model's generation_config (only the keys it sets).
     sampling_defaults: dict[str, float] = field(default_factory=dict)
+    # Width of the model's logits (config vocab_size), which may exceed len(tokenizer); 0: unknown.
+    vocab_size: int = 0
 
 
 @dataclass

@@ -14,6 +14,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+from collections import Counter
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +92,22 @@ def _convert(gguf_path: pathlib.Path, out_dir: pathlib.Path) -> None:
     fresh.generation_config = loaded.generation_config
     fresh.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def gguf_weight_bits(path: pathlib.Path) -> int | None:
+    """Bits per weight of a GGUF's transformer-block matrices (their most common type): 4 for
+    Q4_0 and the like, 8 for Q5-Q8 types, None for unquantized files."""
+    from gguf import GGUFReader  # a dependency of transformers' GGUF loading
+
+    kinds = Counter(
+        tensor.tensor_type.name for tensor in GGUFReader(str(path)).tensors
+        if tensor.name.startswith("blk.") and len(tensor.shape) == 2
+    )
+    if not kinds:
+        return None
+    kind = kinds.most_common(1)[0][0]
+    if kind.startswith(("Q2", "Q3", "Q4", "IQ1", "IQ2", "IQ3", "IQ4")):
+        return 4
+    if kind.startswith(("Q5", "Q6", "Q8")):
+        return 8
+    return None

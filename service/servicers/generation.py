@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import grpc
 
-from service.engine.types import Finish, FinishReason, GenerationRequest, SequenceUpdate
+from service.engine.types import Finish, FinishReason, GenerationRequest, SequenceUpdate, TokenLogprob
+from service.metrics import GenerationRecorder
 from service.models.registry import GenerationModel, ModelRegistry
-from service.servicers.generation_request import build_generation_request
+from service.models.token_texts import TokenTexts
+from service.servicers.generation_request import build_generation_request, echoed_prompt
 from service.servicers.request_context import request_id
+from service.servicers.structured import merge_tool_call_deltas, output_plan
 from tokenwire.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -27,6 +31,40 @@ def finish_info(finish: Finish) -> generation_pb2.FinishInfo:
     if finish.stop_token_id is not None:
         info.stop_token_id = finish.stop_token_id
     return info
+
+
+def _top_logprob(texts: TokenTexts, token_id: int, logprob: float) -> generation_pb2.TopLogprob:
+    text, raw = texts(token_id)
+    return generation_pb2.TopLogprob(token_id=token_id, token=text, bytes=raw, logprob=logprob)
+
+
+def token_logprob(texts: TokenTexts, token_id: int, scored: TokenLogprob | None) -> generation_pb2.TokenLogprob:
+    """One token's logprob message; `scored` None (the first prompt token) leaves logprob unset."""
+    text, raw = texts(token_id)
+    message = generation_pb2.TokenLogprob(token_id=token_id, token=text, bytes=raw)
+    if scored is not None:
+        message.logprob = scored.logprob
+        message.top_logprobs.extend(_top_logprob(texts, top_id, lp) for top_id, lp in scored.top)
+    return message
+
+
+@dataclass
+class _Extras:
+    """What a sequence update carries besides text and token ids: logprobs and the echo."""
+
+    logprobs: list[generation_pb2.TokenLogprob]
+    prompt_logprobs: list[generation_pb2.TokenLogprob]
+    prompt_text: str
+    # With tools: the tool-call deltas parsed from the update's text (the text keeps the content).
+    tool_calls: list[generation_pb2.ToolCallDelta] = field(default_factory=list)
+    # The sequence ended after calling tools under tool_choice auto / required.
+    finished_with_tool_calls: bool = False
+
+    def finish_info(self, finish: Finish) -> generation_pb2.FinishInfo:
+        info = finish_info(finish)
+        if self.finished_with_tool_calls:
+            info.reason = generation_pb2.FINISH_REASON_TOOL_CALLS
+        return info
 
 
 def _prompt_info(model: GenerationModel, request: GenerationRequest) -> generation_pb2.PromptInfo:
@@ -50,24 +88,53 @@ def _usage(model: GenerationModel, prompt_tokens: int, completion_tokens: int) -
 class GenerationServicer(generation_pb2_grpc.GenerationServicer):
     def __init__(self, registry: ModelRegistry) -> None:
         self._registry = registry
+        # Per tokenizer (by id; the TokenTexts keeps its tokenizer alive).
+        self._token_texts: dict[int, TokenTexts] = {}
+
+    def _texts(self, model: GenerationModel) -> TokenTexts:
+        texts = self._token_texts.get(id(model.tokenizer))
+        if texts is None:
+            texts = self._token_texts[id(model.tokenizer)] = TokenTexts(model.tokenizer)
+        return texts
 
     async def _events(
         self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[generation_pb2.PromptInfo | SequenceUpdate | common_pb2.Usage]:
-        """PromptInfo once admitted, the engine's updates, then Usage. Leaving early (client
-        cancel, deadline) cancels the request in the engine."""
+    ) -> AsyncIterator[generation_pb2.PromptInfo | tuple[SequenceUpdate, _Extras] | common_pb2.Usage]:
+        """PromptInfo once admitted, the engine's updates (with their logprobs and echo as
+        protobuf), then Usage. Leaving early (client cancel, deadline) cancels the request in the
+        engine."""
         model = self._registry.generation(request.model)
-        engine_request = build_generation_request(request, model, request_id(context, request.request_id))
+        output = await output_plan(request, model)
+        engine_request = build_generation_request(request, model, request_id(context, request.request_id), output)
+        tool_calls = output.tool_call_reader()
+        prompt_text = echoed_prompt(request, model.tokenizer, engine_request.prompt_ids) if request.echo else ""
+        texts = self._texts(model) if request.HasField("logprobs") else None
         stream = model.engine.submit(engine_request)
+        recorder = GenerationRecorder(model.card.model_id, engine_request)
         try:
             yield _prompt_info(model, engine_request)
             completion_tokens = 0
+            started: set[int] = set()
             async for update in stream:
                 completion_tokens += len(update.token_ids)
-                yield update
+                recorder.update(update)
+                first = update.index not in started
+                started.add(update.index)
+                extras = _Extras([], [], prompt_text if first else "")
+                if tool_calls is not None:
+                    update, extras.tool_calls, extras.finished_with_tool_calls = tool_calls.read(update)
+                if texts is not None:
+                    extras.logprobs = [token_logprob(texts, lp.token_id, lp) for lp in update.logprobs]
+                    if update.prompt_logprobs is not None:
+                        extras.prompt_logprobs = [
+                            token_logprob(texts, token_id, scored)
+                            for token_id, scored in zip(engine_request.prompt_ids, update.prompt_logprobs)
+                        ]
+                yield update, extras
             yield _usage(model, len(engine_request.prompt_ids), completion_tokens)
         finally:
             stream.cancel()
+            recorder.close()
 
     async def GenerateStream(
         self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -79,11 +146,18 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             elif isinstance(event, common_pb2.Usage):
                 yield generation_pb2.GenerateStreamResponse(usage=event)
             else:
+                update, extras = event
                 delta = generation_pb2.SequenceDelta(
-                    index=event.index, text=event.text, token_ids=event.token_ids if with_ids else ()
+                    index=update.index,
+                    text=update.text,
+                    token_ids=update.token_ids if with_ids else (),
+                    logprobs=extras.logprobs,
+                    prompt_logprobs=extras.prompt_logprobs,
+                    prompt_text=extras.prompt_text,
+                    tool_calls=extras.tool_calls,
                 )
-                if event.finish is not None:
-                    delta.finish.CopyFrom(finish_info(event.finish))
+                if update.finish is not None:
+                    delta.finish.CopyFrom(extras.finish_info(update.finish))
                 yield generation_pb2.GenerateStreamResponse(delta=delta)
 
     async def Generate(
@@ -100,12 +174,18 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             elif isinstance(event, common_pb2.Usage):
                 response.usage.CopyFrom(event)
             else:
-                sequence = response.sequences[event.index]
-                texts.setdefault(event.index, []).append(event.text)
+                update, extras = event
+                sequence = response.sequences[update.index]
+                texts.setdefault(update.index, []).append(update.text)
                 if request.response.token_ids:
-                    sequence.token_ids.extend(event.token_ids)
-                if event.finish is not None:
-                    sequence.finish.CopyFrom(finish_info(event.finish))
+                    sequence.token_ids.extend(update.token_ids)
+                sequence.logprobs.extend(extras.logprobs)
+                sequence.prompt_logprobs.extend(extras.prompt_logprobs)
+                if extras.prompt_text:
+                    sequence.prompt_text = extras.prompt_text
+                merge_tool_call_deltas(sequence.tool_calls, extras.tool_calls)
+                if update.finish is not None:
+                    sequence.finish.CopyFrom(extras.finish_info(update.finish))
         for index, parts in texts.items():
             response.sequences[index].text = "".join(parts)
         return response

@@ -12,10 +12,12 @@ from service.engine.types import GenerationRequest, SamplingParams, StoppingPara
 from service.errors import ContextLengthExceeded, InvalidRequest
 from service.models.registry import GenerationModel
 from service.servicers.prompt_input import generation_prompt_ids
+from service.servicers.structured import OutputPlan
 from tokenwire.v1 import generation_pb2
 
 MAX_N = 128
 MAX_STOP_STRINGS = 16
+MAX_TOP_LOGPROBS = 20
 
 
 def _optional(message: Any, name: str, default: Any) -> Any:
@@ -104,17 +106,41 @@ def _stopping(
     )
 
 
+def _logprobs(request: generation_pb2.GenerateRequest) -> tuple[int | None, int | None]:
+    """(alternatives per generated token, alternatives per prompt token); None: not asked."""
+    if not request.HasField("logprobs"):
+        return None, None
+    top = request.logprobs.top_logprobs
+    _check_range(top, 0, MAX_TOP_LOGPROBS, "logprobs.top_logprobs")
+    return top, top if request.logprobs.prompt_logprobs else None
+
+
+def echoed_prompt(request: generation_pb2.GenerateRequest, tokenizer: Any, prompt_ids: tuple[int, ...]) -> str:
+    """The prompt as `echo` returns it: text as sent, token ids decoded, chat as rendered."""
+    kind = request.WhichOneof("prompt")
+    if kind == "text":
+        return request.text
+    skip_special = kind == "token_ids" and _optional(request.response, "skip_special_tokens", True)
+    return tokenizer.decode(list(prompt_ids), skip_special_tokens=skip_special)
+
+
 def build_generation_request(
-    request: generation_pb2.GenerateRequest, model: GenerationModel, request_id: str
+    request: generation_pb2.GenerateRequest,
+    model: GenerationModel,
+    request_id: str,
+    output: OutputPlan | None = None,
 ) -> GenerationRequest:
+    """`output`: the request's structured output and tools, from structured.output_plan()."""
+    output = output or OutputPlan()
     n = _optional(request.sampling, "n", 1)
     if not 1 <= n <= MAX_N:
         raise InvalidRequest(f"`n` must be between 1 and {MAX_N}, got {n}.", field="sampling.n")
-    prompt_ids = generation_prompt_ids(request, model.tokenizer)
+    prompt_ids = generation_prompt_ids(request, model.tokenizer, output.prompt_tools)
     sampling = _sampling(request, model)
     stopping = _stopping(request, model, len(prompt_ids))
     seed = _optional(request.sampling, "seed", None)
     skip_special = _optional(request.response, "skip_special_tokens", True)
+    logprobs, prompt_logprobs = _logprobs(request)
     return GenerationRequest(
         request_id=request_id,
         prompt_ids=tuple(prompt_ids),
@@ -123,4 +149,7 @@ def build_generation_request(
         n=n,
         seed=random.getrandbits(63) if seed is None else seed,
         skip_special_tokens=skip_special,
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
+        constraint=output.constraint,
     )

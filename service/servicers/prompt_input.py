@@ -54,7 +54,10 @@ def check_token_ids(ids: list[int], vocab_size: int, field: str) -> list[int]:
     return list(ids)
 
 
-def generation_prompt_ids(request: generation_pb2.GenerateRequest, tokenizer: Any) -> list[int]:
+def generation_prompt_ids(
+    request: generation_pb2.GenerateRequest, tokenizer: Any, tools: list[dict[str, Any]] | None = None
+) -> list[int]:
+    """The prompt's token ids; `tools` (OpenAI's shape) go into a chat prompt's template."""
     kind = request.WhichOneof("prompt")
     if kind == "text":
         if not request.text:
@@ -66,5 +69,5 @@ def generation_prompt_ids(request: generation_pb2.GenerateRequest, tokenizer: An
         add_generation_prompt = (
             request.chat.add_generation_prompt if request.chat.HasField("add_generation_prompt") else True
         )
-        return encode_chat(tokenizer, chat_messages(request.chat), add_generation_prompt)
+        return encode_chat(tokenizer, chat_messages(request.chat), add_generation_prompt, tools)
     raise InvalidRequest("A prompt is required: text, token_ids or chat.", field="prompt")

@@ -19,13 +19,14 @@ from service.errors import (
     NotReady,
     QueueFull,
     TokenwireError,
+    Unauthenticated,
     WrongModelKind,
 )
 
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "tokenwire.v1"
-_SERVICE_PREFIX = "/tokenwire.v1."
+SERVICE_PREFIX = "/tokenwire.v1."
 
 _CODES: dict[type[TokenwireError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,  # ContextLengthExceeded too
@@ -33,6 +34,7 @@ _CODES: dict[type[TokenwireError], grpc.StatusCode] = {
     WrongModelKind: grpc.StatusCode.FAILED_PRECONDITION,
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NotReady: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 
@@ -97,7 +99,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or not details.method.startswith(_SERVICE_PREFIX):
+        if handler is None or not details.method.startswith(SERVICE_PREFIX):
             return handler
         codec = dict(
             request_deserializer=handler.request_deserializer,

@@ -87,3 +87,17 @@ def test_bridge_goes_through_envoy(services: dict) -> None:
     assert "envoy" in bridge["depends_on"]
     assert published(bridge) == {8000}
     assert bridge["image"] == services["worker"]["image"]
+
+
+def test_api_key_and_metrics_pass_through(compose, services: dict, tmp_path: pathlib.Path) -> None:
+    for name in ("worker", "bridge"):
+        assert services[name]["environment"]["TOKENWIRE_API_KEYS"] == ""  # no key by default
+    assert services["worker"]["environment"]["TOKENWIRE_METRICS_PORT"] == "9400"
+    env_file = tmp_path / "keys.env"
+    env_file.write_text("TOKENWIRE_API_KEY=sk-test\n")
+    result = compose("-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    keyed = json.loads(result.stdout)["services"]
+    assert keyed["worker"]["environment"]["TOKENWIRE_API_KEYS"] == "sk-test"
+    assert keyed["bridge"]["environment"]["TOKENWIRE_API_KEYS"] == "sk-test"
+    assert keyed["bridge"]["environment"]["TOKENWIRE_WORKER_API_KEY"] == "sk-test"

@@ -1,16 +1,21 @@
-"""Capacity: a client that goes away frees the worker; a full queue answers 429.
+"""Capacity: a client that goes away frees the worker; a full queue answers 429; the worker's
+metrics show the queue and the running batch.
 
 These use their own worker with room for one running and one waiting request, so that
 "the slot is free again" and "the queue is full" are observable from outside.
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import httpx
 import openai
 import pytest
 
 from tests.conftest import CACHE_DIR
-from tests.servers import start_bridge, start_worker
+from tests.prometheus import scrape
+from tests.servers import free_port, start_bridge, start_worker
 
 from .conftest import CHAT_MODEL
 
@@ -24,26 +29,35 @@ LONG = {
 
 
 @pytest.fixture(scope="module")
-def tight_url(tmp_path_factory):
+def tight(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """(bridge URL, worker metrics URL)."""
     logs = tmp_path_factory.mktemp("tight")
+    metrics_port = free_port()
     address, worker = start_worker(
         logs, "--cache-dir", str(CACHE_DIR), "--no-default-models", "--model", CHAT_MODEL,
-        "--max-running", "1", "--max-waiting", "1",
+        "--max-running", "1", "--max-waiting", "1", "--metrics-port", str(metrics_port),
     )
     url, bridge = start_bridge(logs, address)
-    yield url
+    yield url, f"http://127.0.0.1:{metrics_port}/metrics"
     bridge.stop()
     worker.stop()
 
 
-def _first_line(response: httpx.Response) -> str:
-    return next(line for line in response.iter_lines() if line)
+@pytest.fixture(scope="module")
+def tight_url(tight) -> str:
+    return tight[0]
+
+
+def _first_line(lines: Iterator[str]) -> str:
+    """The first non-empty line. Takes the caller's iterator: dropping an httpx line iterator
+    closes its response."""
+    return next(line for line in lines if line)
 
 
 def test_disconnected_stream_frees_the_only_slot(tight_url):
     with httpx.Client(base_url=tight_url, timeout=60) as http:
         with http.stream("POST", "/v1/chat/completions", json=LONG) as response:
-            assert response.status_code == 200 and _first_line(response).startswith("data: ")
+            assert response.status_code == 200 and _first_line(response.iter_lines()).startswith("data: ")
         # The stream above would run for 4000 tokens (over a minute). Its slot must be free now:
         # with room for one sequence, this request can only finish once the other is gone.
         client = openai.OpenAI(base_url=f"{tight_url}/v1", api_key="x", max_retries=0, timeout=30)
@@ -56,7 +70,8 @@ def test_disconnected_stream_frees_the_only_slot(tight_url):
 def test_full_queue_is_429_with_retry_after(tight_url):
     with httpx.Client(base_url=tight_url, timeout=60) as http:
         with http.stream("POST", "/v1/chat/completions", json=LONG) as running:
-            assert running.status_code == 200 and _first_line(running)
+            running_lines = running.iter_lines()
+            assert running.status_code == 200 and _first_line(running_lines)
             with http.stream("POST", "/v1/chat/completions", json=LONG) as waiting:
                 assert waiting.status_code == 200  # admitted to the queue: PromptInfo came back
                 rejected = http.post("/v1/chat/completions", json={**LONG, "stream": False})
@@ -64,3 +79,37 @@ def test_full_queue_is_429_with_retry_after(tight_url):
     assert int(rejected.headers["retry-after"]) >= 1
     error = rejected.json()["error"]
     assert error["code"] == "queue_full" and error["message"]
+
+
+def test_metrics_show_the_queue_and_the_running_batch(tight):
+    url, metrics_url = tight
+    model = {"model": CHAT_MODEL}
+
+    def gauges() -> tuple[float, float]:
+        now = scrape(metrics_url)
+        return now.value("tokenwire_engine_waiting_requests", **model), now.value(
+            "tokenwire_engine_running_sequences", **model
+        )
+
+    def eventually(expected: tuple[float, float]) -> None:
+        deadline = time.monotonic() + 20
+        while gauges() != expected:
+            assert time.monotonic() < deadline, f"(waiting, running) stayed {gauges()}, not {expected}"
+            time.sleep(0.1)
+
+    eventually((0, 0))
+    aborted_before = scrape(metrics_url).value(
+        "tokenwire_engine_sequences_finished_total", finish_reason="aborted", **model
+    )
+    with httpx.Client(base_url=url, timeout=60) as http:
+        with http.stream("POST", "/v1/chat/completions", json=LONG) as running:
+            running_lines = running.iter_lines()
+            assert _first_line(running_lines)
+            eventually((0, 1))
+            with http.stream("POST", "/v1/chat/completions", json=LONG) as waiting:
+                assert waiting.status_code == 200
+                eventually((1, 1))
+            eventually((0, 1))
+    eventually((0, 0))
+    aborted = scrape(metrics_url).value("tokenwire_engine_sequences_finished_total", finish_reason="aborted", **model)
+    assert aborted - aborted_before == 2

@@ -5,6 +5,8 @@ import base64
 import math
 import struct
 
+import pytest
+
 from .conftest import EMBEDDING_MODEL
 
 
@@ -35,7 +37,41 @@ def test_base64_decodes_to_the_same_floats(client, http):
     assert client.embeddings.create(model=EMBEDDING_MODEL, input=text).data[0].embedding == floats
 
 
-def test_token_id_inputs_and_dimensions(client):
-    reply = client.embeddings.create(model=EMBEDDING_MODEL, input=[[7592, 2088]], dimensions=64, encoding_format="float")
-    vector = reply.data[0].embedding
-    assert len(vector) == 64 and abs(math.sqrt(sum(x * x for x in vector)) - 1) < 1e-3
+def test_dimensions_truncate_then_normalize_again(client):
+    text = "A cat sits on the mat."
+    full = client.embeddings.create(model=EMBEDDING_MODEL, input=text, encoding_format="float").data[0].embedding
+    for dimensions in (64, 4):
+        short = client.embeddings.create(
+            model=EMBEDDING_MODEL, input=text, dimensions=dimensions, encoding_format="float"
+        ).data[0].embedding
+        norm = math.sqrt(sum(x * x for x in full[:dimensions]))
+        assert len(short) == dimensions
+        assert short == pytest.approx([x / norm for x in full[:dimensions]], abs=1e-5)
+    # Base64 (the SDK's default) is truncated the same way.
+    assert len(client.embeddings.create(model=EMBEDDING_MODEL, input=text, dimensions=8).data[0].embedding) == 8
+
+
+def test_token_id_inputs_embed_like_their_text(client, http):
+    texts = ["hello world", "A kitten."]
+    tokenize = [{"model": EMBEDDING_MODEL, "prompt": text, "add_special_tokens": False} for text in texts]
+    ids = [http.post("/tokenize", json=body).json()["tokens"] for body in tokenize]
+    by_text = client.embeddings.create(model=EMBEDDING_MODEL, input=texts, encoding_format="float")
+    by_ids = client.embeddings.create(model=EMBEDDING_MODEL, input=ids, encoding_format="float")
+    for text_vector, id_vector in zip(by_text.data, by_ids.data):
+        assert id_vector.embedding == pytest.approx(text_vector.embedding, abs=1e-5)
+    assert by_ids.usage.prompt_tokens == by_text.usage.prompt_tokens
+    single = client.embeddings.create(model=EMBEDDING_MODEL, input=ids[0], encoding_format="float")
+    assert single.data[0].embedding == pytest.approx(by_text.data[0].embedding, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": "x", "dimensions": 385}, "dimensions"),
+        ({"input": [[10**6]]}, "input[0]"),
+        ({"input": ""}, "input[0]"),
+    ],
+)
+def test_invalid_embedding_inputs_are_400(http, body, param):
+    reply = http.post("/v1/embeddings", json={"model": EMBEDDING_MODEL, **body})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == param

@@ -1,6 +1,8 @@
 """The native gRPC API with the generated stubs: stream shape, rich errors, tokenization, health."""
 from __future__ import annotations
 
+import math
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -9,13 +11,18 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from tokenwire.v1 import (
+    common_pb2,
     embedding_pb2,
     embedding_pb2_grpc,
     generation_pb2,
     generation_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
     tokenization_pb2,
     tokenization_pb2_grpc,
 )
+
+from .conftest import CHAT_MODEL, EMBEDDING_MODEL
 
 CHAT = generation_pb2.ChatPrompt(messages=[generation_pb2.ChatMessage(role="user", content="What is 2+2?")])
 
@@ -117,3 +124,49 @@ def test_health_and_reflection(channel):
     reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in reply.list_services_response.service}
     assert {"tokenwire.v1.Generation", "tokenwire.v1.Models", "grpc.health.v1.Health"} <= names
+
+
+def test_models_are_addressed_by_name_version_and_deploy_id(channel):
+    models = models_pb2_grpc.ModelsStub(channel)
+    listed = {info.id: info for info in models.ListModels(models_pb2.ListModelsRequest()).models}
+    chat = listed[CHAT_MODEL]
+    assert chat.kind == models_pb2.MODEL_KIND_GENERATION and chat.version and chat.deploy_id
+    assert listed[EMBEDDING_MODEL].kind == models_pb2.MODEL_KIND_EMBEDDING
+    assert listed[EMBEDDING_MODEL].embedding_dimension == 384
+    generation = generation_pb2_grpc.GenerationStub(channel)
+    for address in (CHAT_MODEL, f"{CHAT_MODEL}:{chat.version}", f"deploy_id:{chat.deploy_id}"):
+        assert models.GetModel(models_pb2.GetModelRequest(id=address)) == chat
+        request = generation_pb2.GenerateRequest(
+            model=address, chat=CHAT, stopping=generation_pb2.StoppingCriteria(max_new_tokens=2)
+        )
+        assert generation.Generate(request).prompt_info.model == CHAT_MODEL
+    for address in (f"{CHAT_MODEL}:0000notaversion", "deploy_id:0000notadeploy"):
+        with pytest.raises(grpc.RpcError) as caught:
+            models.GetModel(models_pb2.GetModelRequest(id=address))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert _details(caught.value)["ErrorInfo"].reason == "MODEL_NOT_FOUND"
+
+
+def test_embed_dimensions_token_ids_and_model_kind(channel):
+    stub = embedding_pb2_grpc.EmbeddingStub(channel)
+    full = stub.Embed(embedding_pb2.EmbedRequest(inputs=[embedding_pb2.EmbedInput(text="hello world")]))
+    values = list(full.embeddings[0].values)
+    short = stub.Embed(
+        embedding_pb2.EmbedRequest(inputs=[embedding_pb2.EmbedInput(text="hello world")], dimensions=16)
+    ).embeddings[0].values
+    norm = math.sqrt(sum(x * x for x in values[:16]))
+    assert list(short) == pytest.approx([x / norm for x in values[:16]], abs=1e-5)
+    tokens = tokenization_pb2_grpc.TokenizationStub(channel).Tokenize(
+        tokenization_pb2.TokenizeRequest(model=EMBEDDING_MODEL, text="hello world", add_special_tokens=False)
+    )
+    by_ids = stub.Embed(
+        embedding_pb2.EmbedRequest(
+            inputs=[embedding_pb2.EmbedInput(token_ids=common_pb2.TokenIds(ids=tokens.token_ids))]
+        )
+    )
+    assert list(by_ids.embeddings[0].values) == pytest.approx(values, abs=1e-5)
+    assert by_ids.usage.prompt_tokens == full.usage.prompt_tokens
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Embed(embedding_pb2.EmbedRequest(model=CHAT_MODEL, inputs=[embedding_pb2.EmbedInput(text="x")]))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert _details(caught.value)["ErrorInfo"].reason == "WRONG_MODEL_KIND"

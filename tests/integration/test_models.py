@@ -27,7 +27,18 @@ def test_retrieve_by_id_version_and_deploy_id(client, http):
         assert reply.model == address and reply.choices[0].message.content is not None
 
 
-def test_wrong_version_is_404(client):
+@pytest.mark.parametrize("address", [f"{CHAT_MODEL}:0000notaversion", "deploy_id:0000notadeploy", "nobody/nothing"])
+def test_wrong_version_or_deploy_id_is_404(client, address):
     with pytest.raises(openai.NotFoundError) as caught:
-        client.models.retrieve(f"{CHAT_MODEL}:0000notaversion")
+        client.models.retrieve(address)
     assert caught.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model=address, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    assert caught.value.code == "model_not_found" and caught.value.param == "model"
+
+
+def test_embedding_model_addressed_by_version_and_deploy_id(client, http):
+    card = http.get(f"/v1/models/{EMBEDDING_MODEL}").json()
+    assert card["kind"] == "embedding" and card["version"] and card["deploy_id"]
+    for address in (f"{EMBEDDING_MODEL}:{card['version']}", f"deploy_id:{card['deploy_id']}"):
+        assert len(client.embeddings.create(model=address, input="hi").data[0].embedding) == 384

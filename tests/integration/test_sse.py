@@ -43,12 +43,7 @@ def test_chat_stream_framing_and_chunk_order(http):
     assert all("logprobs" in ch for c in chunks for ch in c["choices"])
 
 
-def test_include_usage_adds_one_last_chunk_with_empty_choices(http):
-    chunks = [json.loads(p) for p in _events(http, "/v1/chat/completions", _chat_body(stream_options={"include_usage": True}))[:-1]]
-    *content, last = chunks
-    assert last["choices"] == [] and last["usage"]["completion_tokens"] == 12
-    assert last["usage"]["total_tokens"] == last["usage"]["prompt_tokens"] + 12
-    assert all(c["usage"] is None for c in content)
+# The usage chunk (stream_options.include_usage): test_pitfalls.py::test_pitfall_01_usage_chunk_only_when_asked
 
 
 def test_completion_stream_chunks(http):

@@ -110,15 +110,7 @@ def test_tool_messages_are_accepted() -> None:
 @pytest.mark.parametrize(
     ("schema", "fields", "param"),
     [
-        (ChatCompletionRequest, {"logprobs": True}, "logprobs"),
-        (ChatCompletionRequest, {"top_logprobs": 3}, "top_logprobs"),
-        (ChatCompletionRequest, {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        (ChatCompletionRequest, {"tool_choice": "auto"}, "tool_choice"),
-        (ChatCompletionRequest, {"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
-        (ChatCompletionRequest, {"response_format": {"type": "json_object"}}, "response_format"),
         (ChatCompletionRequest, {"functions": [{"name": "f"}]}, "functions"),
-        (CompletionRequest, {"logprobs": 0}, "logprobs"),
-        (CompletionRequest, {"echo": True}, "echo"),
         (CompletionRequest, {"suffix": "x"}, "suffix"),
         (CompletionRequest, {"best_of": 3}, "best_of"),
     ],
@@ -162,3 +154,28 @@ def test_embedding_encoding_format() -> None:
 def test_tokenize_needs_exactly_one_input() -> None:
     assert rejection(TokenizeRequest, {"model": "m"}).param == "prompt"
     assert rejection(TokenizeRequest, {"prompt": "a", "messages": USER}).param == "prompt"
+
+
+@pytest.mark.parametrize(
+    ("fields", "alternatives"),
+    [({}, None), ({"logprobs": False}, None), ({"logprobs": True}, 0), ({"logprobs": True, "top_logprobs": 20}, 20)],
+)
+def test_chat_logprobs_and_top_logprobs(fields: dict[str, Any], alternatives: int | None) -> None:
+    assert ChatCompletionRequest.model_validate(chat(**fields)).logprob_alternatives == alternatives
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"logprobs": True, "top_logprobs": 21}, {"logprobs": True, "top_logprobs": -1}, {"top_logprobs": 3},
+     {"logprobs": False, "top_logprobs": 1}],
+)
+def test_chat_top_logprobs_range_and_needs_logprobs(fields: dict[str, Any]) -> None:
+    assert rejection(ChatCompletionRequest, chat(**fields)).param == "top_logprobs"
+
+
+def test_completion_logprobs_range_and_echo() -> None:
+    body = CompletionRequest.model_validate({"prompt": "x", "logprobs": 5, "echo": True})
+    assert (body.logprobs, body.echo) == (5, True)
+    assert CompletionRequest.model_validate({"prompt": "x", "logprobs": 0}).logprobs == 0
+    for bad in (6, -1, "many"):
+        assert rejection(CompletionRequest, {"prompt": "x", "logprobs": bad}).param == "logprobs"

@@ -6,9 +6,14 @@ import asyncio
 import pytest
 import torch
 
+from transformers import AutoModelForCausalLM
+
 from service.engine.engine import GenerationEngine
+from service.engine.runner import create_runner
 from service.engine.types import FinishReason, GenerationRequest, SamplingParams, StoppingParams
-from service.errors import QueueFull
+from service.errors import InvalidRequest, QueueFull
+from service.models.loading import parse_spec
+from service.models.weights import converted_gguf_dir, weights_version
 
 GREEDY = SamplingParams(temperature=0.0)
 
@@ -33,18 +38,6 @@ async def _collect(engine, request):
         if update.finish:
             finishes[update.index] = update.finish
     return texts, ids, finishes
-
-
-async def test_greedy_tokens_match_transformers_generate(generation_model, tokenizer):
-    request = _request(tokenizer, "Name three colors.", max_new_tokens=12)
-    _, ids, finishes = await _collect(generation_model.engine, request)
-    model = generation_model.engine._runner.model
-    with torch.inference_mode():
-        expected = model.generate(
-            torch.tensor([request.prompt_ids]), max_new_tokens=12, do_sample=False
-        )[0, len(request.prompt_ids) :].tolist()
-    assert ids[0] == expected[: len(ids[0])]
-    assert finishes[0].reason in (FinishReason.LENGTH, FinishReason.STOP)
 
 
 async def test_max_new_tokens_finishes_with_length(generation_model, tokenizer):
@@ -80,26 +73,124 @@ async def test_same_seed_reproduces_and_n_sequences_differ(generation_model, tok
     assert len(set(first.values())) > 1
 
 
-async def test_concurrent_requests_match_their_solo_output(generation_model, tokenizer):
-    prompts = ["Say hello.", "What is 2+2?", "Name a fruit."]
-    solo = [(await _collect(generation_model.engine, _request(tokenizer, p)))[0] for p in prompts]
-    together = await asyncio.gather(*(_collect(generation_model.engine, _request(tokenizer, p)) for p in prompts))
-    assert [t[0] for t in together] == solo
+def _engine(model, tokenizer, *, slots: int = 8, max_waiting: int = 64, prefill_chunk: int = 256) -> GenerationEngine:
+    """An engine of its own on `model`'s weights (the session engine runs bf16 on CPU, where a
+    row's logits can depend on the batch's shape; float32 makes solo/batched runs comparable)."""
+    engine = GenerationEngine(
+        create_runner(model, slots=slots, max_length=model.config.max_position_embeddings),
+        tokenizer,
+        frozenset({model.config.eos_token_id}),
+        max_running=slots,
+        max_waiting=max_waiting,
+        prefill_chunk=prefill_chunk,
+    )
+    engine.start()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def hf_model(worker_settings):
+    """The default model's weights as a plain transformers model, in float32."""
+    source = parse_spec(worker_settings.generation_models[0])
+    version = weights_version(source.path, worker_settings.cache_dir)
+    directory = converted_gguf_dir(source.path, version, worker_settings.cache_dir)
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def fp32_engine(hf_model, tokenizer):
+    engine = _engine(hf_model, tokenizer)
+    yield engine
+    engine.stop()
 
 
 @pytest.fixture
-def small_engine(generation_model):
-    """A second engine on the same weights with room for one sequence and no queue."""
-    engine = GenerationEngine(
-        generation_model.engine._runner,
-        generation_model.tokenizer,
-        frozenset(generation_model.card.eos_token_ids),
-        max_running=1,
-        max_waiting=1,
-    )
-    engine.start()
+def small_engine(hf_model, tokenizer):
+    """Room for one sequence and one waiting request."""
+    engine = _engine(hf_model, tokenizer, slots=1, max_waiting=1)
     yield engine
     engine.stop()
+
+
+async def test_greedy_tokens_match_transformers_generate(fp32_engine, hf_model, tokenizer):
+    request = _request(tokenizer, "Write a short story about a robot.", max_new_tokens=24)
+    _, ids, _ = await _collect(fp32_engine, request)
+    with torch.inference_mode():
+        expected = hf_model.generate(
+            torch.tensor([request.prompt_ids]), max_new_tokens=24, do_sample=False
+        )[0, len(request.prompt_ids) :].tolist()
+    assert ids[0] == expected[: len(ids[0])] and len(ids[0]) >= 10
+
+
+async def test_sequences_joining_and_leaving_mid_batch_match_their_solo_tokens(fp32_engine, tokenizer):
+    requests = [
+        _request(tokenizer, "List five facts about the planet Mars.", max_new_tokens=32),
+        _request(tokenizer, "Say hi.", max_new_tokens=4),
+        _request(tokenizer, "Explain how a refrigerator works to a ten year old, in detail.", max_new_tokens=12),
+    ]
+    solo = [(await _collect(fp32_engine, r))[1] for r in requests]
+
+    first = fp32_engine.submit(requests[0])
+    head = await first.__anext__()  # running: the others join a batch in progress
+    others = asyncio.gather(*(_collect(fp32_engine, r) for r in requests[1:]))
+    rest = [u async for u in first]
+    joined = list(head.token_ids) + [t for u in rest for t in u.token_ids]
+    assert joined == solo[0][0]
+    assert [ids for _, ids, _ in await others] == solo[1:]
+
+
+async def test_a_prompt_split_into_chunks_gives_the_same_tokens(hf_model, fp32_engine, tokenizer):
+    request = _request(tokenizer, "Describe the water cycle in a few sentences, then summarise it.", max_new_tokens=12)
+    _, whole, _ = await _collect(fp32_engine, request)
+    chunked = _engine(hf_model, tokenizer, prefill_chunk=7)
+    try:
+        running = chunked.submit(_request(tokenizer, "Count to twenty.", max_new_tokens=40))
+        _, pieces, _ = await _collect(chunked, request)
+        running.cancel()
+    finally:
+        chunked.stop()
+    assert len(request.prompt_ids) > 3 * 7 and pieces == whole
+
+
+async def test_n_greedy_sequences_share_one_prefill_and_agree(fp32_engine, tokenizer):
+    _, single, _ = await _collect(fp32_engine, _request(tokenizer, "Name a fruit.", max_new_tokens=8))
+    _, many, finishes = await _collect(fp32_engine, _request(tokenizer, "Name a fruit.", max_new_tokens=8, n=3))
+    assert many == {0: single[0], 1: single[0], 2: single[0]} and sorted(finishes) == [0, 1, 2]
+
+
+async def test_a_seed_reproduces_its_text_whatever_else_is_in_the_batch(fp32_engine, tokenizer):
+    sampling = SamplingParams(temperature=1.0, top_p=0.9)
+    request = _request(tokenizer, "Tell me a one-line joke.", max_new_tokens=16, sampling=sampling, seed=77)
+    alone, _, _ = await _collect(fp32_engine, request)
+    crowd = [
+        _request(tokenizer, f"Write about {topic}.", max_new_tokens=count, sampling=sampling, seed=count)
+        for topic, count in (("cats", 20), ("rain", 6), ("ships", 11))
+    ]
+    together = await asyncio.gather(*(_collect(fp32_engine, r) for r in [*crowd[:2], request, crowd[2]]))
+    assert together[2][0] == alone
+
+
+async def test_prompt_logprobs_are_the_same_whole_or_chunked(hf_model, fp32_engine, tokenizer):
+    request = _request(
+        tokenizer, "Why is the sky blue? Explain briefly.", max_new_tokens=3, prompt_logprobs=2, logprobs=1
+    )
+    whole = [u async for u in fp32_engine.submit(request)]
+    chunked = _engine(hf_model, tokenizer, prefill_chunk=5)
+    try:
+        pieces = [u async for u in chunked.submit(request)]
+    finally:
+        chunked.stop()
+    scored = whole[0].prompt_logprobs
+    assert len(scored) == len(request.prompt_ids) and scored[0] is None
+    assert [lp.token_id for lp in scored[1:]] == list(request.prompt_ids[1:])
+    assert all(len(lp.top) == 2 and lp.top[0][1] >= lp.top[1][1] >= -1e9 for lp in scored[1:])
+    assert all(lp.logprob <= lp.top[0][1] + 1e-5 for lp in scored[1:])
+    got = pieces[0].prompt_logprobs
+    assert [lp.token_id for lp in got[1:]] == [lp.token_id for lp in scored[1:]]
+    assert [lp.logprob for lp in got[1:]] == pytest.approx([lp.logprob for lp in scored[1:]], abs=1e-4)
+    generated = [lp for u in whole for lp in u.logprobs]
+    assert [lp.token_id for lp in generated] == [t for u in whole for t in u.token_ids]
+    assert all(lp.top[0][0] == lp.token_id and lp.top[0][1] == pytest.approx(lp.logprob) for lp in generated)
 
 
 async def test_cancel_frees_the_slot_for_the_next_request(small_engine, tokenizer):
@@ -139,3 +230,25 @@ async def test_min_new_tokens_holds_back_eos(generation_model, tokenizer):
     stopping = StoppingParams(max_new_tokens=natural + 30, min_new_tokens=natural + 10)
     _, ids, _ = await _collect(generation_model.engine, _request(tokenizer, "Say hi.", stopping=stopping))
     assert len(ids[0]) >= natural + 10
+
+
+async def test_n_above_the_slots_is_refused(small_engine, tokenizer):
+    with pytest.raises(InvalidRequest) as caught:
+        small_engine.submit(_request(tokenizer, "hi", n=2))
+    assert caught.value.field == "sampling.n"
+
+
+async def test_greedy_text_does_not_depend_on_the_batch_in_the_served_dtype(generation_model, tokenizer):
+    """The session engine runs the worker's own dtype (bf16 on this CPU)."""
+    engine = generation_model.engine
+    prompts = [
+        "Write a short story about a robot who learns to paint.",
+        "Explain how a refrigerator works to a ten year old.",
+        "List five facts about the planet Mars.",
+        "Describe the water cycle in a few sentences.",
+        "What are the benefits of regular exercise?",
+        "Give me a recipe for a simple tomato soup.",
+    ]
+    solo = [(await _collect(engine, _request(tokenizer, p, max_new_tokens=64)))[1] for p in prompts]
+    together = await asyncio.gather(*(_collect(engine, _request(tokenizer, p, max_new_tokens=64)) for p in prompts))
+    assert [ids for _, ids, _ in together] == solo

@@ -1,0 +1,224 @@
+"""BENCHMARKS.md: one section per device, rewritten by each run on that device, the others kept."""
+from __future__ import annotations
+
+import pathlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bench.embeddings import EmbeddingComparison
+from bench.machine import Machine
+from bench.memory import MemoryResult
+from bench.servers import LABELS, LLAMA_CPP, TOKENWIRE, TRANSFORMERS
+from bench.serving import Load, Summary
+
+# The issue's targets, stated for the 2-core CPU machine.
+TARGET_SINGLE_VS_LLAMA = 1.0
+TARGET_CONCURRENT_VS_BEST_PEER = 3.0
+TARGET_TTFT_P50_S = 0.5
+TARGET_EMBEDDING = {"batch": 0.9, "single": 2.0}
+TARGET_MEMORY_GROWTH = 0.10
+# A 1-minute load average above this when a run starts means other processes competed for the CPU.
+_BUSY_LOAD_AVERAGE = 0.5
+
+_HEADER = """# Benchmarks
+
+tokenwire, called through its OpenAI-compatible REST bridge as users call it, side by side with
+two peers serving the same model (SmolLM2-135M-Instruct): the llama-cpp-python OpenAI server on
+the same GGUF file, and `transformers serve --continuous-batching` on the same weights (the HF
+directory tokenwire converts the GGUF file into). Every generation figure comes from the shared
+load generator `../shared/bench/loadgen.py` (streaming chat, temperature 0). Embeddings go
+through REST against sentence-transformers in process; memory is tokenwire's resident set while
+it serves many short requests.
+
+Written by `bench/` (`make bench`, or `python -m bench --help`). Each run rewrites only the
+section of its own device, so the CPU and GPU tables sit side by side.
+"""
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Everything one run measured, with what is needed to reproduce it."""
+
+    device: str
+    machine: Machine
+    command: str
+    started: str
+    duration_s: float
+    rounds: int
+    loads: list[Load]
+    max_tokens: int
+    # Server name → the command line it ran with, for the servers that took part.
+    commands: dict[str, str]
+    # Server name → why it did not take part.
+    skipped: dict[str, str]
+    generation: list[Summary]
+    embeddings: list[EmbeddingComparison]
+    memory: MemoryResult | None
+
+    def summary(self, server: str, concurrency: int) -> Summary | None:
+        return next((s for s in self.generation if s.server == server and s.concurrency == concurrency), None)
+
+    def tok_per_s(self, server: str, concurrency: int) -> float | None:
+        summary = self.summary(server, concurrency)
+        return summary.medians["tok_per_s"] if summary else None
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def _met(value: float | None, ok: bool) -> str:
+    return "n/a" if value is None else ("yes" if ok else "**no**")
+
+
+def _targets(result: BenchResult) -> list[str]:
+    rows = []
+    tw_1, llama_1 = result.tok_per_s(TOKENWIRE, 1), result.tok_per_s(LLAMA_CPP, 1)
+    ratio = _ratio(tw_1, llama_1)
+    rows.append((f"1 client: tokenwire tok/s ≥ {TARGET_SINGLE_VS_LLAMA:g} × llama-cpp-python",
+                 "n/a" if ratio is None else f"{ratio:.2f}× ({tw_1:.1f} vs {llama_1:.1f} tok/s)",
+                 _met(ratio, ratio is not None and ratio >= TARGET_SINGLE_VS_LLAMA)))
+    peers = {p: result.tok_per_s(p, 16) for p in (LLAMA_CPP, TRANSFORMERS)}
+    peers = {p: v for p, v in peers.items() if v is not None}
+    best = max(peers, key=peers.__getitem__) if peers else None
+    tw_16 = result.tok_per_s(TOKENWIRE, 16)
+    ratio = _ratio(tw_16, peers.get(best)) if best else None
+    rows.append((f"16 clients: tokenwire aggregate tok/s ≥ {TARGET_CONCURRENT_VS_BEST_PEER:g} × the better peer",
+                 "n/a" if ratio is None else f"{ratio:.2f}× ({tw_16:.1f} vs {peers[best]:.1f} tok/s, {LABELS[best]})",
+                 _met(ratio, ratio is not None and ratio >= TARGET_CONCURRENT_VS_BEST_PEER)))
+    summary = result.summary(TOKENWIRE, 16)
+    ttft = summary.medians["ttft_p50_ms"] / 1e3 if summary else None
+    rows.append((f"16 clients: tokenwire time to first token p50 ≤ {TARGET_TTFT_P50_S:g} s",
+                 "n/a" if ttft is None else f"{ttft:.2f} s",
+                 _met(ttft, ttft is not None and ttft <= TARGET_TTFT_P50_S)))
+    for comparison in result.embeddings:
+        target = TARGET_EMBEDDING[comparison.kind]
+        rows.append((f"embeddings, {comparison.workload}: REST ≥ {target:g} × in-process {comparison.baseline}",
+                     f"{comparison.ratio:.2f}× ({comparison.rest:.0f} vs {comparison.in_process:.0f} sentences/s)",
+                     _met(comparison.ratio, comparison.ratio >= target)))
+    if result.memory:
+        first, last = result.memory.samples[0], result.memory.samples[-1]
+        growth = result.memory.ratio("worker_mib") - 1
+        rows.append((f"memory: worker RSS after {last.requests} requests within {TARGET_MEMORY_GROWTH:.0%} "
+                     f"of after {first.requests}",
+                     f"{growth:+.1%} ({first.worker_mib:.0f} → {last.worker_mib:.0f} MiB)",
+                     _met(growth, abs(growth) <= TARGET_MEMORY_GROWTH)))
+    return ["### Targets", "", *_table(("target", "measured", "met"), rows), ""]
+
+
+def _ms(value: float) -> str:
+    return f"{value / 1e3:.2f} s" if value >= 1000 else f"{value:.0f} ms"
+
+
+def _generation(result: BenchResult) -> list[str]:
+    loads = ", ".join(f"{load.concurrency} client{'s' * (load.concurrency > 1)} × {load.requests} "
+                      f"request{'s' * (load.requests > 1)} each" for load in result.loads)
+    lines = [f"### Generation: streaming chat, temperature 0, max_tokens {result.max_tokens}", "",
+             f"Loads: {loads}; {result.rounds} rounds, servers alternating (each round starts with the next "
+             "server). Figures are medians over the rounds of loadgen's per-run values; the range is the lowest "
+             "and highest tok/s of the rounds. Time to first token (TTFT) and inter-token latency (ITL) are "
+             "loadgen's p50/p95 within a run.", ""]
+    rows = []
+    for s in sorted(result.generation, key=lambda s: (s.concurrency, s.server != TOKENWIRE)):
+        m = s.medians
+        rows.append((LABELS[s.server], str(s.concurrency), str(s.requests), f"{m['tok_per_s']:.1f}",
+                     f"{s.tok_per_s_range[0]:.1f}–{s.tok_per_s_range[1]:.1f}", _ms(m["ttft_p50_ms"]),
+                     _ms(m["ttft_p95_ms"]), f"{m['itl_p50_ms']:.1f} ms", f"{m['itl_p95_ms']:.1f} ms", str(s.errors)))
+    for name, reason in result.skipped.items():
+        rows.append((LABELS[name], "—", "—", f"skipped: {reason}", "", "", "", "", "", ""))
+    lines += _table(("server", "clients", "requests, all rounds", "tok/s", "tok/s range", "TTFT p50", "TTFT p95",
+                     "ITL p50", "ITL p95", "errors"), rows)
+    peers = [p for p in (LLAMA_CPP, TRANSFORMERS) if p in result.commands]
+    if TOKENWIRE in result.commands and peers:
+        ratio_rows = []
+        for load in result.loads:
+            cells = []
+            for peer in peers:
+                ratio = _ratio(result.tok_per_s(TOKENWIRE, load.concurrency), result.tok_per_s(peer, load.concurrency))
+                cells.append("n/a" if ratio is None else f"{ratio:.2f}×")
+            ratio_rows.append((str(load.concurrency), *cells))
+        lines += ["", "tokens/s ratio, tokenwire / peer, same run:", "",
+                  *_table(("clients", *(LABELS[p] for p in peers)), ratio_rows)]
+    lines += ["", "Servers as started (ports are picked free per run):", ""]
+    lines += [f"- {LABELS[name]}: `{command}`" for name, command in result.commands.items()]
+    return [*lines, ""]
+
+
+def _embeddings(result: BenchResult) -> list[str]:
+    rows = [(c.workload, f"{c.rest:.0f}", c.baseline, f"{c.in_process:.0f}", f"{c.ratio:.2f}×")
+            for c in result.embeddings]
+    return ["### Embeddings: all-MiniLM-L6-v2, REST `/v1/embeddings` vs sentence-transformers in process", "",
+            "Same sentences on both sides; REST requests ask for `encoding_format: base64`, as the openai "
+            "client does by default. Medians of alternating repeats, in sentences per second.", "",
+            *_table(("REST workload", "REST sentences/s", "in-process baseline", "in-process sentences/s",
+                     "REST / in-process"), rows), ""]
+
+
+def _memory(memory: MemoryResult) -> list[str]:
+    rows = [(str(s.requests), f"{s.worker_mib:.0f}", f"{s.bridge_mib:.0f}", f"{s.total_mib:.0f}")
+            for s in memory.samples]
+    return ["### Memory: resident set of a fresh tokenwire", "",
+            f"Non-streaming chat, max_tokens {memory.max_tokens}, {memory.concurrency} concurrent clients, "
+            f"{memory.errors} errors. Worker: the gRPC worker process and its children; total: the whole "
+            "`tokenwire serve` process tree.", "",
+            *_table(("requests served", "worker MiB", "bridge MiB", "total MiB"), rows),
+            "", f"Worker after {memory.samples[-1].requests} / after {memory.samples[0].requests}: "
+            f"{memory.ratio('worker_mib'):.3f}; total: {memory.ratio('total_mib'):.3f}.", ""]
+
+
+def _machine(result: BenchResult) -> list[str]:
+    m = result.machine
+    rows = [("CPU", f"{m.cpu}, {m.cores} cores available"), ("memory", f"{m.memory_gib} GiB"),
+            ("load average at start (1/5/15 min)", " / ".join(f"{load:.1f}" for load in m.load_average)),
+            ("GPU", m.gpu or "none"), ("OS", m.os), ("Python", m.python),
+            *((name, version) for name, version in m.packages.items()), ("tokenwire commit", m.commit)]
+    return ["### Machine", "", *_table(("", ""), rows), ""]
+
+
+def section_key(result: BenchResult) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", result.machine.device_label(result.device).lower()).strip("-")
+
+
+def render_section(result: BenchResult) -> str:
+    """The markdown of one run: targets (CPU only; the issue states them there), tables, machine."""
+    lines = [f"## {result.machine.device_label(result.device)}", "",
+             f"Measured {result.started} at commit {result.machine.commit}; the run took "
+             f"{result.duration_s / 60:.1f} min. Reproduce with:", "", "```sh", result.command, "```", ""]
+    busy = result.machine.load_average[0]
+    if busy > _BUSY_LOAD_AVERAGE:
+        lines += [f"**Other work was running** (load average {busy:.1f} when the run started): the servers "
+                  "shared the CPU with it, so these figures understate every server, unevenly.", ""]
+    if not result.device.startswith("cuda"):
+        lines += _targets(result)
+    if result.generation:
+        lines += _generation(result)
+    if result.embeddings:
+        lines += _embeddings(result)
+    if result.memory:
+        lines += _memory(result.memory)
+    lines += _machine(result)
+    return "\n".join(lines)
+
+
+def write(result: BenchResult, path: pathlib.Path) -> None:
+    """Puts this run's section into `path`, replacing the previous one of the same device."""
+    key = section_key(result)
+    begin, end = f"<!-- bench section: {key} -->", f"<!-- end of bench section: {key} -->"
+    block = f"{begin}\n{render_section(result)}\n{end}"
+    text = path.read_text() if path.exists() else _HEADER
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)

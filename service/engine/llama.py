@@ -1,0 +1,306 @@
+"""A lean forward pass for the Llama family (Llama 2/3.x, SmolLM, Qwen2, Mistral, Yi).
+
+transformers' generic forward spends most of a small model's decode step in Python and framework
+overhead. This module keeps only the arithmetic: fused QKV and gate/up projections, a rotary
+table computed once by the model's own rotary module (so llama3, linear and YaRN scaling come for
+free), and attention over the engine's slot cache (`kv_cache.SlotCache`) for a whole step at once:
+the decode rows of every running sequence in one batched SDPA call, each prompt chunk in its own.
+
+Weights are taken from a loaded transformers model, so both run the same numbers.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from service.engine.kv_cache import SlotCache
+from service.engine.quantized import Linear, Quantization
+from service.engine.types import StepEntry
+
+_SUPPORTED_TYPES = {"llama", "qwen2", "mistral"}
+_STATIC_ROPE_TYPES = {"default", "linear", "llama3", "yarn"}
+
+
+def lean_support_problem(config: object) -> str | None:
+    """Why this config cannot run on the lean forward (None when it can)."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _SUPPORTED_TYPES:
+        return f"model type {model_type!r}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r}"  # type: ignore[attr-defined]
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "sliding-window attention"
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in _STATIC_ROPE_TYPES:
+        return f"rope type {rope_type!r}"
+    return None
+
+
+@dataclass
+class _Layer:
+    input_norm: torch.Tensor
+    qkv: Linear
+    out: Linear
+    post_norm: torch.Tensor
+    gate_up: Linear
+    down: Linear
+
+
+def _fused(linears: list[torch.nn.Linear], mode: Quantization, dtype: torch.dtype) -> Linear:
+    """One Linear computing several projections of the same input (q, k, v or gate, up)."""
+    weight = torch.cat([linear.weight for linear in linears])
+    bias = None
+    if any(linear.bias is not None for linear in linears):
+        bias = torch.cat([
+            linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
+            for linear in linears
+        ])
+    return Linear(weight, bias, mode, dtype)
+
+
+class LlamaRunner:
+    """Runs steps of mixed prompt chunks and decode tokens against a SlotCache (see
+    runner.ModelRunner for the interface)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        slots: int,
+        max_length: int,
+        dtype: torch.dtype | None = None,
+        quantization: Quantization = Quantization.NONE,
+    ) -> None:
+        """Takes the weights of `model` (which may be float32 so that quantization starts from
+        exact values) and computes in `dtype` (default: the model's)."""
+        config = model.config
+        inner = model.model
+        self.device = next(model.parameters()).device
+        self.dtype = dtype or next(model.parameters()).dtype
+        first = inner.layers[0].self_attn
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = first.head_dim
+        self.scale = first.scaling
+        self.eps = config.rms_norm_eps
+        self.embed = inner.embed_tokens.weight.to(self.dtype)
+        self.final_norm = inner.norm.weight.to(self.dtype)
+        # The output projection has no blocks of 32 in a GGUF (Q8_0 or Q6_K): int8 at most.
+        head_mode = Quantization.NONE if quantization is Quantization.NONE else Quantization.INT8
+        self.lm_head = Linear(model.lm_head.weight, None, head_mode, self.dtype)
+        self.layers = []
+        for layer in inner.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            self.layers.append(_Layer(
+                input_norm=layer.input_layernorm.weight.to(self.dtype),
+                qkv=_fused([attn.q_proj, attn.k_proj, attn.v_proj], quantization, self.dtype),
+                out=Linear(attn.o_proj.weight, attn.o_proj.bias, quantization, self.dtype),
+                post_norm=layer.post_attention_layernorm.weight.to(self.dtype),
+                gate_up=_fused([mlp.gate_proj, mlp.up_proj], quantization, self.dtype),
+                down=Linear(mlp.down_proj.weight, mlp.down_proj.bias, quantization, self.dtype),
+            ))
+        positions = torch.arange(max_length, device=self.device).unsqueeze(0)
+        probe = torch.empty((), device=self.device, dtype=torch.float32)
+        cos, sin = inner.rotary_emb(probe, positions)
+        self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
+        self.cache = SlotCache(
+            layers=len(self.layers),
+            slots=slots,
+            kv_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            max_length=max_length,
+            dtype=self.dtype,
+            device=self.device,
+        )
+
+    @property
+    def free_slots(self) -> int:
+        return self.cache.free_slots
+
+    def allocate(self) -> int:
+        return self.cache.allocate()
+
+    def release(self, slot: int) -> None:
+        self.cache.release(slot)
+
+    def copy_prefix(self, source: int, target: int, length: int) -> None:
+        self.cache.copy_prefix(source, target, length)
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMSNorm as transformers computes it: normalized in float32, scaled in the model dtype."""
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * weight
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    @torch.inference_mode()
+    def step(self, entries: list[StepEntry]) -> torch.Tensor:
+        """Runs all entries in one pass; returns the float logits of each entry's last
+        `logits_for` positions, in entry order ([rows, vocab])."""
+        sizes = [len(entry.token_ids) for entry in entries]
+        self.cache.reserve(max(entry.start + size for entry, size in zip(entries, sizes)))
+        flat_ids = [t for entry in entries for t in entry.token_ids]
+        flat_positions = [entry.start + i for entry, size in zip(entries, sizes) for i in range(size)]
+        if len(flat_ids) == 1:
+            # A lone token runs as two identical rows: the CPU's bf16 matrix-vector kernel rounds
+            # differently from its matrix kernel, and greedy output must not depend on how many
+            # sequences share the step. The copy is never written to the cache or returned.
+            flat_ids, flat_positions = flat_ids * 2, flat_positions * 2
+        ids = torch.tensor(flat_ids, device=self.device)
+        positions = torch.tensor(flat_positions, device=self.device)
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        plan = _AttentionPlan(entries, sizes, self.cache.capacity, self.device)
+
+        hidden = F.embedding(ids, self.embed)
+        q_size = self.heads * self.head_dim
+        for index, layer in enumerate(self.layers):
+            x = self._norm(hidden, layer.input_norm)
+            qkv = layer.qkv(x, plan.quantized_rows).view(-1, self.heads + 2 * self.kv_heads, self.head_dim)
+            qk = self._rotate(qkv[:, : self.heads + self.kv_heads], cos, sin)
+            q, k, v = qk[:, : self.heads], qk[:, self.heads :], qkv[:, self.heads + self.kv_heads :]
+            attended = plan.attend(index, q, k, v, self.cache, self.scale)
+            hidden = hidden + layer.out(attended.reshape(-1, q_size), plan.quantized_rows)
+            x = self._norm(hidden, layer.post_norm)
+            gate, up = layer.gate_up(x, plan.quantized_rows).chunk(2, dim=-1)
+            hidden = hidden + layer.down(F.silu(gate) * up, plan.quantized_rows)
+
+        rows: list[int] = []
+        offset = 0
+        for entry, size in zip(entries, sizes):
+            rows.extend(range(offset + size - entry.logits_for, offset + size))
+            offset += size
+        lone = len(rows) == 1  # as for a lone token: the matrix kernel, not the matrix-vector one
+        selected = hidden[torch.tensor(rows * 2 if lone else rows, device=self.device, dtype=torch.long)]
+        decode_rows = min(plan.quantized_rows, selected.shape[0])
+        logits = self.lm_head(self._norm(selected, self.final_norm), decode_rows).float()
+        return logits[:1] if lone else logits
+
+
+@dataclass
+class _DecodeGroup:
+    """Decode rows whose lengths round up to the same bucket, attending in one SDPA call over
+    the window of slots they span (read in place from the cache)."""
+
+    rows: torch.Tensor  # the rows' indices in the step's tokens
+    slots: torch.Tensor
+    positions: torch.Tensor  # where each row's new key and value go
+    first_slot: int
+    span: int
+    span_rows: torch.Tensor  # each row's index inside the window
+    length: int  # the bucket
+    mask: torch.Tensor  # [span, 1, 1, length]
+    # The rows are consecutive and fill the window in slot order.
+    packed: bool
+
+
+class _AttentionPlan:
+    """How one step's tokens attend: index tensors and masks built once, used by every layer.
+
+    Each multi-token entry (a prompt chunk) attends alone, causally, to its slot's earlier
+    positions and itself. Decode entries (one token each) attend in groups: a row attends over
+    its length rounded up to a bucket of DECODE_BUCKET positions, together with the rows of the
+    same bucket. A row's result then depends on its own length only, never on its partners'
+    (the attention kernel's blocking depends on the key length), so the batch a sequence runs in
+    does not change its tokens."""
+
+    DECODE_BUCKET = 128
+
+    def __init__(self, entries: list[StepEntry], sizes: list[int], capacity: int, device: torch.device) -> None:
+        self.chunks: list[tuple[int, int, int, int, torch.Tensor | None]] = []
+        by_bucket: dict[int, list[tuple[int, int, int]]] = {}
+        offset = 0
+        for entry, size in zip(entries, sizes):
+            if size == 1:
+                end = entry.start + 1
+                bucket = min(-(-end // self.DECODE_BUCKET) * self.DECODE_BUCKET, capacity)
+                by_bucket.setdefault(bucket, []).append((offset, entry.slot, end))
+            else:
+                end = entry.start + size
+                mask = None
+                if entry.start:  # causal, shifted by the positions already in the cache
+                    query_pos = torch.arange(entry.start, end, device=device).unsqueeze(1)
+                    mask = torch.arange(end, device=device).unsqueeze(0) <= query_pos
+                self.chunks.append((offset, size, entry.slot, entry.start, mask))
+            offset += size
+        self.total = offset
+        # Rows of decode tokens come first (the engine orders them so); with no prompt chunk in
+        # the step, every row is one, the padding row of a lone token included.
+        leading = next((i for i, size in enumerate(sizes) if size != 1), len(sizes))
+        self.quantized_rows = leading if self.chunks else sys.maxsize
+        self.groups = [self._group(bucket, members, device) for bucket, members in by_bucket.items()]
+
+    @staticmethod
+    def _group(bucket: int, members: list[tuple[int, int, int]], device: torch.device) -> _DecodeGroup:
+        rows, slots, ends = (list(column) for column in zip(*members))
+        first = min(slots)
+        span = max(slots) - first + 1
+        span_rows = torch.tensor(slots, device=device) - first
+        # Slots in the window that are not in the group attend to position 0 only, so their
+        # (discarded) rows stay finite.
+        window_ends = torch.ones(span, dtype=torch.long, device=device)
+        window_ends[span_rows] = torch.tensor(ends, device=device)
+        mask = torch.arange(bucket, device=device).unsqueeze(0) < window_ends.unsqueeze(1)
+        return _DecodeGroup(
+            rows=torch.tensor(rows, device=device),
+            slots=torch.tensor(slots, device=device),
+            positions=torch.tensor(ends, device=device) - 1,
+            first_slot=first,
+            span=span,
+            span_rows=span_rows,
+            length=bucket,
+            mask=mask[:, None, None, :],
+            packed=span == len(rows) and rows == list(range(rows[0], rows[0] + span))
+            and slots == list(range(first, first + span)),
+        )
+
+    def attend(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: SlotCache, scale: float
+    ) -> torch.Tensor:
+        """q, k, v: [tokens, heads, head_dim] for the whole step; writes k, v into the cache and
+        returns the attention output [tokens, heads, head_dim]."""
+        keys, values = cache.keys[layer], cache.values[layer]  # [slots, kv_heads, capacity, head_dim]
+        out = torch.zeros_like(q) if q.shape[0] > self.total else torch.empty_like(q)
+        for group in self.groups:
+            keys[group.slots, :, group.positions] = k[group.rows]
+            values[group.slots, :, group.positions] = v[group.rows]
+            kv_heads = keys.shape[1]
+            # [span, kv_heads, heads per kv head, head_dim]: grouped-query attention as a batch
+            # of small matrix products, one per slot and kv head (the fused SDPA kernels are
+            # built for long queries and are slow for one query row).
+            if group.packed:  # the rows are the window's slots, in order: no scatter, no gather
+                queries = q[group.rows[0] : group.rows[0] + group.span]
+            else:
+                queries = q.new_zeros(group.span, q.shape[1], q.shape[2])
+                queries[group.span_rows] = q[group.rows]
+            queries = queries.view(group.span, kv_heads, -1, q.shape[2])
+            window = slice(group.first_slot, group.first_slot + group.span)
+            scores = torch.matmul(queries, keys[window, :, : group.length].transpose(2, 3)).mul_(scale)
+            scores = scores.masked_fill_(~group.mask, float("-inf"))
+            weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+            attended = torch.matmul(weights, values[window, :, : group.length]).view(group.span, *q.shape[1:])
+            if group.packed:
+                out[group.rows[0] : group.rows[0] + group.span] = attended
+            else:
+                out[group.rows] = attended[group.span_rows]
+        for offset, size, slot, start, mask in self.chunks:
+            end = start + size
+            keys[slot, :, start:end] = k[offset : offset + size].transpose(0, 1)
+            values[slot, :, start:end] = v[offset : offset + size].transpose(0, 1)
+            attended = F.scaled_dot_product_attention(
+                q[offset : offset + size].transpose(0, 1).unsqueeze(0),
+                keys[slot : slot + 1, :, :end],
+                values[slot : slot + 1, :, :end],
+                attn_mask=mask,
+                is_causal=mask is None,
+                scale=scale,
+                enable_gqa=True,
+            )
+            out[offset : offset + size] = attended[0].transpose(0, 1)
+        return out

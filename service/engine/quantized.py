@@ -1,0 +1,73 @@
+"""Linear layers with weights kept in 4 or 8 bits, for CPU decoding.
+
+A decode step reads every weight once for a handful of rows, so on CPU its time is memory
+traffic: fewer bytes per weight, faster tokens. torch's weight-only kernels (the ones gpt-fast
+uses) read int4 weights in groups of 32 with a scale and an offset per group, or int8 weights
+with a scale per output row, and compute in bf16.
+
+The int4 format holds a GGUF's 4-bit blocks (Q4_0/Q4_1: 32 weights, a scale and a minimum)
+without further loss apart from rounding the scales to bf16, so a 4-bit GGUF runs at its own
+precision. Quantizing full-precision weights is lossy; `--quantization none` keeps them as they
+are.
+"""
+from __future__ import annotations
+
+import enum
+
+import torch
+import torch.nn.functional as F
+
+INT4_GROUP = 32
+
+
+class Quantization(enum.Enum):
+    NONE = "none"
+    INT8 = "int8"
+    INT4 = "int4"
+
+
+class Linear:
+    """y = x @ W.T + b, with W in the model dtype, int8 or int4.
+
+    The weight-only kernels dequantize per row of x, so they win only for the few rows of a
+    decode step; a quantized Linear also keeps the weights in the model dtype (the values the
+    quantized ones stand for) for the rows of prompt chunks. Which kernel a row goes through
+    depends on the row's kind only, never on the batch around it, so that a sequence's tokens do
+    not change with its partners."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mode: Quantization, dtype: torch.dtype) -> None:
+        """`weight` [out, in] in full precision (float32 keeps a GGUF's grid exact)."""
+        self.bias = bias.to(dtype) if bias is not None else None
+        self.mode = mode
+        if mode is Quantization.INT4 and weight.shape[1] % INT4_GROUP:
+            self.mode = Quantization.INT8  # the int4 kernel needs whole groups
+        self.dense = weight.to(dtype)
+        if self.mode is Quantization.NONE:
+            return
+        weight = weight.float()
+        if self.mode is Quantization.INT8:
+            scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
+            self.packed = (weight / scale.unsqueeze(1)).round().clamp(-127, 127).to(torch.int8)
+            self.scale = scale.to(torch.bfloat16)
+        else:
+            groups = weight.view(weight.shape[0], -1, INT4_GROUP)
+            low, high = groups.amin(dim=2), groups.amax(dim=2)
+            scale = ((high - low) / 15).clamp(min=1e-8)
+            codes = ((groups - low.unsqueeze(2)) / scale.unsqueeze(2)).round().clamp(0, 15)
+            self.packed = torch._convert_weight_to_int4pack_for_cpu(codes.view_as(weight).to(torch.int32), 1)
+            # The kernel computes (code - 8) * scale + zero.
+            zero = low + 8 * scale
+            self.scale_and_zero = torch.stack([scale, zero], dim=2).transpose(0, 1).contiguous().to(torch.bfloat16)
+
+    def __call__(self, x: torch.Tensor, quantized_rows: int) -> torch.Tensor:
+        """The first `quantized_rows` rows of x (decode tokens) use the quantized weights, the
+        others the dense ones."""
+        if self.mode is Quantization.NONE or quantized_rows == 0:
+            return F.linear(x, self.dense, self.bias)
+        if quantized_rows < x.shape[0]:
+            return torch.cat([self(x[:quantized_rows], quantized_rows), F.linear(x[quantized_rows:], self.dense, self.bias)])
+        if self.mode is Quantization.INT8:
+            y = torch._weight_int8pack_mm(x, self.packed, self.scale)
+        else:
+            y = torch._weight_int4pack_mm_for_cpu(x, self.packed, INT4_GROUP, self.scale_and_zero)
+        return y if self.bias is None else y + self.bias

@@ -1,0 +1,127 @@
+"""The worker's Prometheus metrics, served over HTTP on --metrics-port.
+
+Engine load (queue length, running batch) is read from the engines at scrape time; tokens,
+finish reasons and time to first token are recorded by the Generation servicer through
+GenerationRecorder, one per call.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service.engine.types import GenerationRequest, SequenceUpdate
+from service.models.registry import GenerationModel, ModelRegistry
+
+REGISTRY = CollectorRegistry()
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
+
+# Sequences that ended without a finish reason: client cancel, deadline, engine failure.
+ABORTED = "aborted"
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+PROMPT_TOKENS = Counter(
+    "tokenwire_engine_prompt_tokens_total",
+    "Prompt tokens of the generation requests admitted to the engine.",
+    ["model"],
+    registry=REGISTRY,
+)
+GENERATED_TOKENS = Counter(
+    "tokenwire_engine_generated_tokens_total",
+    "Tokens generated, over all sequences.",
+    ["model"],
+    registry=REGISTRY,
+)
+SEQUENCES_FINISHED = Counter(
+    "tokenwire_engine_sequences_finished_total",
+    "Finished sequences by finish reason (stop, length, context_length, time_limit, ..., "
+    "aborted); one per sequence, so a request with n=3 counts three.",
+    ["model", "finish_reason"],
+    registry=REGISTRY,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "tokenwire_engine_time_to_first_token_seconds",
+    "From a request's admission to the queue to its first generated token.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+
+class GenerationRecorder:
+    """The metrics of one generation call, fed with the engine's updates as they pass by."""
+
+    def __init__(self, model_id: str, request: GenerationRequest) -> None:
+        self._model = model_id
+        self._started = time.monotonic()
+        self._unfinished = set(range(request.n))
+        self._first_token_seen = False
+        PROMPT_TOKENS.labels(model_id).inc(len(request.prompt_ids))
+
+    def update(self, update: SequenceUpdate) -> None:
+        if update.token_ids:
+            GENERATED_TOKENS.labels(self._model).inc(len(update.token_ids))
+            if not self._first_token_seen:
+                self._first_token_seen = True
+                TIME_TO_FIRST_TOKEN.labels(self._model).observe(time.monotonic() - self._started)
+        if update.finish is not None:
+            self._unfinished.discard(update.index)
+            SEQUENCES_FINISHED.labels(self._model, update.finish.reason.value).inc()
+
+    def close(self) -> None:
+        """Counts the sequences that never finished as aborted. Idempotent."""
+        if self._unfinished:
+            SEQUENCES_FINISHED.labels(self._model, ABORTED).inc(len(self._unfinished))
+            self._unfinished.clear()
+
+
+class EngineLoadCollector(Collector):
+    """Queue length and running batch of every generation engine, read at scrape time."""
+
+    def __init__(self, models: ModelRegistry) -> None:
+        self._models = models
+
+    def collect(self) -> Iterator[Metric]:
+        waiting = GaugeMetricFamily(
+            "tokenwire_engine_waiting_requests",
+            "Queue length: requests submitted and waiting for room in the running batch.",
+            labels=["model"],
+        )
+        running = GaugeMetricFamily(
+            "tokenwire_engine_running_sequences",
+            "Running batch: sequences being generated.",
+            labels=["model"],
+        )
+        for model in self._models.all():
+            if isinstance(model, GenerationModel):
+                waiting.add_metric([model.card.model_id], model.engine.waiting_count)
+                running.add_metric([model.card.model_id], model.engine.running_count)
+        yield waiting
+        yield running
+
+
+def serve_metrics(host: str, port: int, models: ModelRegistry) -> Callable[[], None]:
+    """Serves /metrics over HTTP on host:port in a background thread; returns its stop function."""
+    server, thread = start_http_server(port, addr=host.strip("[]"), registry=REGISTRY)
+    collector = EngineLoadCollector(models)
+    REGISTRY.register(collector)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        REGISTRY.unregister(collector)
+
+    return stop

@@ -1,0 +1,118 @@
+"""API keys through the real stack: REST `Authorization: Bearer KEY`, gRPC `authorization` metadata.
+
+The secured stack's bridge takes the client keys and sends its own key to the worker, which takes
+that key and another internal client's key (see conftest.py).
+"""
+from __future__ import annotations
+
+import grpc
+import httpx
+import openai
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from tokenwire.v1 import generation_pb2, generation_pb2_grpc, models_pb2, models_pb2_grpc
+
+from .conftest import CHAT_MODEL, CLIENT_KEYS, INTERNAL_WORKER_KEY
+
+HI = [{"role": "user", "content": "Hi"}]
+GENERATE = generation_pb2.GenerateRequest(text="Hello", stopping=generation_pb2.StoppingCriteria(max_new_tokens=2))
+
+
+def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
+    for detail in rpc_status.from_call(error).details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    raise AssertionError("no ErrorInfo in the status details")
+
+
+@pytest.fixture(scope="module")
+def channel(secured):
+    with grpc.insecure_channel(secured.grpc_address) as channel:
+        yield channel
+
+
+@pytest.mark.parametrize(
+    ("headers", "challenge"),
+    [
+        ({}, 'Bearer realm="tokenwire"'),
+        ({"authorization": "Bearer not-a-key"}, 'Bearer realm="tokenwire", error="invalid_token"'),
+        ({"authorization": f"Basic {CLIENT_KEYS[0]}"}, 'Bearer realm="tokenwire"'),
+    ],
+)
+def test_rest_without_a_valid_key_is_401_in_the_envelope(secured, headers, challenge):
+    body = {"model": CHAT_MODEL, "messages": HI, "max_tokens": 2}
+    response = httpx.post(f"{secured.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == challenge
+    assert response.json() == {
+        "error": {
+            "message": response.json()["error"]["message"],
+            "type": "authentication_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
+    assert response.json()["error"]["message"] and "not-a-key" not in response.text
+
+
+def test_the_sdk_raises_authentication_error_on_a_wrong_key(secured):
+    with pytest.raises(openai.AuthenticationError) as caught:
+        secured.openai_client("wrong").models.list()
+    assert caught.value.status_code == 401 and caught.value.code == "invalid_api_key"
+
+
+@pytest.mark.parametrize("key", CLIENT_KEYS)
+def test_every_configured_key_works_and_the_bridge_authenticates_to_the_worker(secured, key):
+    # The worker takes no client key: the answer proves the bridge sent its own worker key.
+    client = secured.openai_client(key)
+    reply = client.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=3)
+    assert reply.choices[0].message.content is not None
+    chunks = list(client.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=3, stream=True))
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_health_and_metrics_stay_open(secured):
+    assert httpx.get(f"{secured.url}/health", timeout=10).status_code == 200
+    metrics = httpx.get(f"{secured.url}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "tokenwire_http_requests_total" in metrics.text
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [((), "Missing API key"), ((("authorization", "Bearer wrong"),), "Invalid API key"),
+     ((("authorization", f"Bearer {CLIENT_KEYS[0]}"),), "Invalid API key")],
+)
+def test_grpc_without_a_valid_key_is_unauthenticated_with_error_info(channel, metadata, message):
+    stub = generation_pb2_grpc.GenerationStub(channel)
+    for call in (stub.Generate, lambda request, **kw: next(stub.GenerateStream(request, **kw))):
+        with pytest.raises(grpc.RpcError) as caught:
+            call(GENERATE, metadata=metadata, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert message in caught.value.details()
+        info = _error_info(caught.value)
+        assert (info.reason, info.domain) == ("INVALID_API_KEY", "tokenwire.v1")
+    with pytest.raises(grpc.RpcError) as caught:
+        models_pb2_grpc.ModelsStub(channel).ListModels(models_pb2.ListModelsRequest(), metadata=metadata)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_grpc_with_a_worker_key_is_served(channel):
+    metadata = (("authorization", f"Bearer {INTERNAL_WORKER_KEY}"),)
+    reply = generation_pb2_grpc.GenerationStub(channel).Generate(GENERATE, metadata=metadata, timeout=60)
+    assert reply.usage.completion_tokens == 2
+    events = list(generation_pb2_grpc.GenerationStub(channel).GenerateStream(GENERATE, metadata=metadata))
+    assert events[0].HasField("prompt_info") and events[-1].HasField("usage")
+
+
+def test_grpc_health_and_reflection_stay_open(channel):
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="tokenwire.v1.Generation"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    assert "tokenwire.v1.Generation" in {s.name for s in reply.list_services_response.service}

@@ -1,0 +1,132 @@
+"""Prometheus metrics of the bridge (GET /metrics) and of the worker (--metrics-port), scraped
+before and after real requests. Tests run one at a time, so the differences are exact."""
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import httpx
+
+from tests.prometheus import Scrape, scrape
+from tokenwire.v1 import generation_pb2, generation_pb2_grpc
+
+from .conftest import BRIDGE_WORKER_KEY, CHAT_MODEL, EMBEDDING_MODEL
+
+CHAT_ROUTE = "/v1/chat/completions"
+HI = [{"role": "user", "content": "Name three colours."}]
+
+
+def _delta(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
+    return after.value(name, **labels) - before.value(name, **labels)
+
+
+def test_bridge_counts_requests_by_route_and_status_code(bridge_url, http):
+    before = scrape(f"{bridge_url}/metrics")
+    assert http.get("/v1/models").status_code == 200
+    assert http.get("/v1/models/nobody/nothing").status_code == 404
+    assert http.get("/v1/not-a-route").status_code == 404
+    assert http.post(CHAT_ROUTE, json={"model": CHAT_MODEL, "messages": HI, "temperature": 3}).status_code == 400
+    after = scrape(f"{bridge_url}/metrics")
+    counts = {
+        ("GET", "/v1/models", "200"): 1,
+        ("GET", "/v1/models/{model_id:path}", "404"): 1,
+        ("GET", "unmatched", "404"): 1,
+        ("POST", CHAT_ROUTE, "400"): 1,
+        ("POST", CHAT_ROUTE, "200"): 0,
+    }
+    for (method, route, status), count in counts.items():
+        labels = {"method": method, "route": route, "status": status}
+        assert _delta(before, after, "tokenwire_http_requests_total", **labels) == count, labels
+    assert _delta(before, after, "tokenwire_http_request_duration_seconds_count", route="/v1/models") == 1
+
+
+def test_bridge_counts_tokens_from_the_workers_usage(bridge_url, client):
+    story = dict(
+        model=CHAT_MODEL, prompt="Once upon a time", max_tokens=4, temperature=0, extra_body={"ignore_eos": True}
+    )
+    story_prompt_tokens = client.completions.create(**story).usage.prompt_tokens
+    before = scrape(f"{bridge_url}/metrics")
+    chat = client.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=5, temperature=0)
+    streamed = list(
+        client.chat.completions.create(
+            model=CHAT_MODEL, messages=HI, max_tokens=7, stream=True, stream_options={"include_usage": True}
+        )
+    )[-1].usage
+    # Without include_usage the client sees no usage, but the bridge still counts the tokens.
+    list(client.completions.create(**story, stream=True))
+    embedded = client.embeddings.create(model=EMBEDDING_MODEL, input=["one", "two words"])
+    after = scrape(f"{bridge_url}/metrics")
+    prompt_counter = "tokenwire_prompt_tokens_total"
+    assert _delta(before, after, prompt_counter, model=CHAT_MODEL) == (
+        chat.usage.prompt_tokens + streamed.prompt_tokens + story_prompt_tokens
+    )
+    assert _delta(before, after, "tokenwire_completion_tokens_total", model=CHAT_MODEL) == (
+        chat.usage.completion_tokens + streamed.completion_tokens + 4
+    )
+    assert _delta(before, after, prompt_counter, model=EMBEDDING_MODEL) == embedded.usage.prompt_tokens
+
+
+def test_bridge_times_first_token_and_inter_token_latency_of_streams(bridge_url, http):
+    before = scrape(f"{bridge_url}/metrics")
+    body = {"model": CHAT_MODEL, "messages": HI, "max_tokens": 12, "temperature": 0, "ignore_eos": True}
+    assert http.post(CHAT_ROUTE, json=body).status_code == 200  # not streamed: no TTFT sample
+    started = time.monotonic()
+    with http.stream("POST", CHAT_ROUTE, json={**body, "stream": True}) as response:
+        payloads = [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: {")]
+    elapsed = time.monotonic() - started
+    after = scrape(f"{bridge_url}/metrics")
+    texts = [c["choices"][0]["delta"].get("content") for c in map(json.loads, payloads) if c["choices"]]
+    with_text = sum(1 for text in texts if text)
+    assert with_text >= 2
+    ttft = "tokenwire_time_to_first_token_seconds"
+    assert _delta(before, after, f"{ttft}_count", model=CHAT_MODEL) == 1
+    assert 0 < _delta(before, after, f"{ttft}_sum", model=CHAT_MODEL) < elapsed
+    itl = "tokenwire_inter_token_latency_seconds"
+    assert _delta(before, after, f"{itl}_count", model=CHAT_MODEL) == with_text - 1
+    assert 0 < _delta(before, after, f"{itl}_sum", model=CHAT_MODEL) < elapsed
+
+
+def test_bridge_counts_requests_in_flight_streams_included(bridge_url, http):
+    metrics_url = f"{bridge_url}/metrics"
+    in_flight = "tokenwire_http_requests_in_flight"
+    assert scrape(metrics_url).value(in_flight) == 1  # the scrape itself
+    body = {"model": CHAT_MODEL, "messages": HI, "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    with http.stream("POST", CHAT_ROUTE, json=body) as response:
+        lines = response.iter_lines()  # kept: a dropped line iterator closes the response
+        assert next(lines).startswith("data: ")
+        assert scrape(metrics_url).value(in_flight) == 2
+    deadline = time.monotonic() + 10
+    while scrape(metrics_url).value(in_flight) != 1:
+        assert time.monotonic() < deadline, "the closed stream is still counted in flight"
+        time.sleep(0.1)
+
+
+def test_worker_counts_tokens_finish_reasons_and_time_to_first_token(secured):
+    before = scrape(secured.worker_metrics_url)
+    request = generation_pb2.GenerateRequest(
+        model=CHAT_MODEL,
+        text="The weather today is",
+        sampling=generation_pb2.SamplingParams(n=2, seed=1),
+        stopping=generation_pb2.StoppingCriteria(max_new_tokens=4, ignore_eos=True),
+    )
+    with grpc.insecure_channel(secured.grpc_address) as channel:
+        reply = generation_pb2_grpc.GenerationStub(channel).Generate(
+            request, metadata=(("authorization", f"Bearer {BRIDGE_WORKER_KEY}"),), timeout=60
+        )
+    after = scrape(secured.worker_metrics_url)
+    model = {"model": CHAT_MODEL}
+    assert reply.usage.completion_tokens == 8
+    assert _delta(before, after, "tokenwire_engine_generated_tokens_total", **model) == 8
+    assert _delta(before, after, "tokenwire_engine_prompt_tokens_total", **model) == reply.usage.prompt_tokens
+    finished = "tokenwire_engine_sequences_finished_total"
+    assert _delta(before, after, finished, finish_reason="length", **model) == 2
+    assert _delta(before, after, finished, **model) == 2
+    assert _delta(before, after, "tokenwire_engine_time_to_first_token_seconds_count", **model) == 1
+    assert {"tokenwire_engine_waiting_requests", "tokenwire_engine_running_sequences"} <= after.names()
+    assert "process_cpu_seconds_total" in after.names()
+
+
+def test_worker_metrics_port_is_plain_http_without_a_key(secured):
+    response = httpx.get(secured.worker_metrics_url, timeout=10)
+    assert response.status_code == 200 and "tokenwire_engine_running_sequences" in response.text

@@ -1,0 +1,43 @@
+"""The embedder alone, on the real default embedding model: dynamic batching of concurrent calls."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from service.models.loading import load_embedding_model
+
+
+@pytest.fixture(scope="module")
+def embedding_model(worker_settings):
+    model = load_embedding_model(worker_settings.embedding_models[0], worker_settings)
+    yield model
+    model.embedder.close()
+
+
+def _ids(model, text: str) -> list[int]:
+    return model.tokenizer.encode(text, add_special_tokens=True)
+
+
+async def test_concurrent_calls_are_merged_and_each_gets_its_own_rows(embedding_model, monkeypatch):
+    embedder = embedding_model.embedder
+    texts = [f"sentence number {i} " + "word " * (i % 7) for i in range(24)]
+    alone = [await embedder.embed([_ids(embedding_model, t)]) for t in texts[:3]]
+
+    batches: list[int] = []
+    run = embedder._embed_all
+    monkeypatch.setattr(embedder, "_embed_all", lambda inputs: batches.append(len(inputs)) or run(inputs))
+    together = await asyncio.gather(*(embedder.embed([_ids(embedding_model, t)]) for t in texts))
+
+    assert len(batches) < len(texts) and sum(batches) == len(texts)  # merged, nothing lost
+    for one, merged in zip(alone, together[:3]):
+        torch.testing.assert_close(merged, one, atol=1e-5, rtol=1e-4)
+
+
+async def test_a_call_with_several_inputs_keeps_their_order(embedding_model):
+    embedder = embedding_model.embedder
+    short, long = _ids(embedding_model, "a cat"), _ids(embedding_model, "a much longer sentence about dogs " * 4)
+    pair = await embedder.embed([long, short])
+    torch.testing.assert_close(pair[0], (await embedder.embed([long]))[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(pair[1], (await embedder.embed([short]))[0], atol=1e-5, rtol=1e-4)
