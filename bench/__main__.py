@@ -12,10 +12,9 @@ import pathlib
 import shlex
 import signal
 import sys
-import time
 
 from bench import embeddings, memory, report, serving
-from bench.machine import describe
+from bench.machine import CpuSnapshot, describe, other_work_share
 from bench.models import ModelFiles, default_cache_dir
 from bench.servers import (
     LLAMA_CPP,
@@ -72,10 +71,10 @@ def _terminate_on_sigterm() -> None:
 
 
 def _compare_generation(tokenwire: RunningServer, servers: list[str], args: argparse.Namespace,
-                        models: ModelFiles, log_dir: pathlib.Path) -> tuple[dict[str, str], list[serving.Summary]]:
+                        models: ModelFiles, log_dir: pathlib.Path) -> tuple[dict[str, str], list[serving.Run]]:
     """Starts the peers next to the running tokenwire, runs every round, stops the peers.
 
-    Returns each server's command line and the per-server, per-load medians."""
+    Returns each server's command line and every loadgen run."""
     with contextlib.ExitStack() as peers:
         running = [tokenwire] if TOKENWIRE in servers else []
         for name in servers:
@@ -83,8 +82,7 @@ def _compare_generation(tokenwire: RunningServer, servers: list[str], args: argp
                 running.append(peers.enter_context(launch(spec_for(name, models, args.device, args.cache_dir),
                                                           log_dir)))
         commands = {server.spec.name: server.spec.command_line() for server in running}
-        runs = serving.run_rounds(running, args.load, args.rounds, args.max_tokens, args.loadgen)
-    return commands, serving.summarize(runs)
+        return commands, serving.run_rounds(running, args.load, args.rounds, args.max_tokens, args.loadgen)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"
     _terminate_on_sigterm()
-    started, clock = datetime.datetime.now().astimezone(), time.monotonic()
+    started, cpu_at_start = datetime.datetime.now().astimezone(), CpuSnapshot.take()
     servers = args.servers or ([TOKENWIRE, TRANSFORMERS] if args.device.startswith("cuda")
                                else [TOKENWIRE, LLAMA_CPP, TRANSFORMERS])
     if unknown := (set(servers) - set(SERVER_NAMES)) | (set(args.parts) - set(PARTS)):
@@ -106,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     models = ModelFiles.locate(args.cache_dir)
     machine = describe(ROOT)
     commands: dict[str, str] = {}
-    generation: list[serving.Summary] = []
+    runs: list[serving.Run] = []
     embedding_results: list[embeddings.EmbeddingComparison] = []
     memory_result = None
 
@@ -114,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         with launch(spec_for(TOKENWIRE, models, args.device, args.cache_dir), log_dir) as tokenwire:
             if "generation" in args.parts:
                 compared = [name for name in servers if name not in skipped]
-                commands, generation = _compare_generation(tokenwire, compared, args, models, log_dir)
+                commands, runs = _compare_generation(tokenwire, compared, args, models, log_dir)
             if "embeddings" in args.parts:
                 embedding_results = embeddings.compare(tokenwire.spec.base_url, models.embedding_dir, args.device,
                                                        repeats=args.embedding_repeats)
@@ -122,14 +120,16 @@ def main(argv: list[str] | None = None) -> None:
         with launch(spec_for(TOKENWIRE, models, args.device, args.cache_dir), log_dir) as fresh:
             memory_result = memory.measure(fresh, _memory_checkpoints(args.memory_requests))
 
+    cpu_at_end = CpuSnapshot.take()
     command = shlex.join([shown(sys.executable), "-m", "bench", *argv])
     result = report.BenchResult(
         device=args.device, machine=machine,
         command=f"make bench{f' BENCH_ARGS={shlex.quote(shlex.join(argv))}' if argv else ''}  # or: {command}",
-        started=started.strftime("%Y-%m-%d %H:%M %Z"), duration_s=time.monotonic() - clock, rounds=args.rounds,
+        started=started.strftime("%Y-%m-%d %H:%M %Z"), duration_s=cpu_at_end.at - cpu_at_start.at,
+        other_work=other_work_share(cpu_at_start, cpu_at_end), rounds=args.rounds,
         loads=args.load, max_tokens=args.max_tokens, commands=commands,
         skipped=skipped if "generation" in args.parts else {},
-        generation=generation, embeddings=embedding_results, memory=memory_result,
+        runs=runs, generation=serving.summarize(runs), embeddings=embedding_results, memory=memory_result,
     )
     args.results_dir.mkdir(parents=True, exist_ok=True)
     raw = args.results_dir / f"{report.section_key(result)}-{stamp}.json"

@@ -1,4 +1,5 @@
-"""The facts that make a benchmark reproducible: hardware, package versions and git commit."""
+"""The facts that make a benchmark reproducible: hardware, package versions, git commit, and how
+much of the CPU other work took while the benchmark ran."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -6,6 +7,7 @@ import os
 import pathlib
 import platform
 import subprocess
+import time
 from dataclasses import dataclass
 
 import psutil
@@ -18,8 +20,6 @@ class Machine:
     cpu: str
     cores: int
     memory_gib: float
-    # Other work on the machine when the run started skews every figure: worth knowing.
-    load_average: tuple[float, float, float]
     gpu: str | None
     os: str
     python: str
@@ -31,6 +31,30 @@ class Machine:
         if device.startswith("cuda"):
             return f"GPU: {self.gpu or device}"
         return f"CPU: {self.cpu}, {self.cores} cores"
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds spent so far by the whole machine and by this run (this process and every
+    descendant it has waited for, which includes stopped servers and finished loadgen runs)."""
+
+    machine_s: float
+    run_s: float
+    at: float
+
+    @classmethod
+    def take(cls) -> CpuSnapshot:
+        times, own = psutil.cpu_times(), os.times()
+        busy = times.user + times.nice + times.system + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+        # Time the hypervisor gave to other machines counts as other work too.
+        busy += getattr(times, "steal", 0.0)
+        return cls(busy, own.user + own.system + own.children_user + own.children_system, time.monotonic())
+
+
+def other_work_share(start: CpuSnapshot, end: CpuSnapshot) -> float:
+    """The share of the machine's CPU capacity that work outside this run used between two snapshots."""
+    others = (end.machine_s - start.machine_s) - (end.run_s - start.run_s)
+    return max(0.0, others) / ((end.at - start.at) * (psutil.cpu_count() or 1))
 
 
 def _run(command: list[str], cwd: pathlib.Path | None = None) -> str | None:
@@ -72,7 +96,6 @@ def describe(root: pathlib.Path) -> Machine:
         cpu=_cpu_model(),
         cores=len(os.sched_getaffinity(0)),
         memory_gib=round(psutil.virtual_memory().total / 2**30, 1),
-        load_average=os.getloadavg(),
         gpu=gpu.splitlines()[0] if gpu else None,
         os=platform.platform(),
         python=platform.python_version(),

@@ -96,7 +96,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser, metrics_port: int = 0)
         "--threads",
         type=int,
         default=int(_env("THREADS", "0")),
-        help="CPU threads for tensor operations (0: torch's default, one per core)",
+        help="CPU threads for tensor operations (0: all cores but one)",
     )
     group.add_argument(
         "--quantization",

@@ -121,8 +121,8 @@ class GenerationEngine:
         *,
         max_running: int = 16,
         max_waiting: int = 256,
-        step_tokens: int = 512,
-        prefill_chunk: int = 256,
+        step_tokens: int = 160,
+        prefill_chunk: int = 128,
     ) -> None:
         """`max_running` must not exceed the runner's slots; `step_tokens` bounds the tokens of
         one forward step (decode tokens plus prompt chunks; one chunk always goes)."""

@@ -60,12 +60,14 @@ class SlotCache:
     def release(self, slot: int) -> None:
         heapq.heappush(self._free, slot)
 
+    @torch.inference_mode()
     def copy_prefix(self, source: int, target: int, length: int) -> None:
         """Copies the first `length` positions of one slot into another (n > 1 shares a prefill)."""
         for keys, values in zip(self.keys, self.values):
             keys[target, :, :length] = keys[source, :, :length]
             values[target, :, :length] = values[source, :, :length]
 
+    @torch.inference_mode()
     def reserve(self, length: int) -> None:
         """Makes every slot hold at least `length` positions."""
         if length <= self.capacity:

@@ -10,6 +10,7 @@ Weights are taken from a loaded transformers model, so both run the same numbers
 """
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from service.engine.quantized import Linear, Quantization
 from service.engine.types import StepEntry
 
 _SUPPORTED_TYPES = {"llama", "qwen2", "mistral"}
+# A step with more rows than this is mostly prompt: compute-bound rather than memory-bound.
+PROMPT_STEP_ROWS = 64
 _STATIC_ROPE_TYPES = {"default", "linear", "llama3", "yarn"}
 
 
@@ -117,6 +120,10 @@ class LlamaRunner:
             device=self.device,
         )
 
+        # On CPU, decode steps (memory-bound) run on the configured threads, and steps with a
+        # prompt chunk (compute-bound) on every core.
+        self._cpu_threads = {False: torch.get_num_threads(), True: len(os.sched_getaffinity(0))}
+
     @property
     def free_slots(self) -> int:
         return self.cache.free_slots
@@ -153,6 +160,10 @@ class LlamaRunner:
             # differently from its matrix kernel, and greedy output must not depend on how many
             # sequences share the step. The copy is never written to the cache or returned.
             flat_ids, flat_positions = flat_ids * 2, flat_positions * 2
+        if self.device.type == "cpu":
+            threads = self._cpu_threads[len(flat_ids) > PROMPT_STEP_ROWS]
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
         ids = torch.tensor(flat_ids, device=self.device)
         positions = torch.tensor(flat_positions, device=self.device)
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from service.config import Price, WorkerSettings
+from service.engine.constraints import ConstraintCompiler
 from service.engine.embedder import Embedder
 from service.engine.engine import GenerationEngine
 from service.engine.quantized import Quantization
@@ -82,6 +83,7 @@ def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationMode
         eos.add(tokenizer.eos_token_id)
     configured = model.generation_config.to_diff_dict()
     context_length = int(getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length)
+    vocab_size = int(getattr(model.config, "vocab_size", 0) or 0)
     engine = GenerationEngine(
         create_runner(
             model, slots=settings.max_running, max_length=context_length, dtype=dtype, quantization=quantization
@@ -111,7 +113,8 @@ def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationMode
         tokenizer=tokenizer,
         engine=engine,
         sampling_defaults={k: configured[k] for k in _SAMPLING_DEFAULT_KEYS if k in configured},
-        vocab_size=int(getattr(model.config, "vocab_size", 0) or 0),
+        vocab_size=vocab_size,
+        constraints=ConstraintCompiler(tokenizer, vocab_size, eos),
     )
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from service.errors import ModelNotFound, NotReady, WrongModelKind
 
 if TYPE_CHECKING:
+    from service.engine.constraints import ConstraintCompiler
     from service.engine.embedder import Embedder
     from service.engine.engine import GenerationEngine
 
@@ -56,6 +57,8 @@ class GenerationModel:
     sampling_defaults: dict[str, float] = field(default_factory=dict)
     # Width of the model's logits (config vocab_size), which may exceed len(tokenizer); 0: unknown.
     vocab_size: int = 0
+    # Grammars for structured output and tool calls, compiled for this model's tokenizer.
+    constraints: ConstraintCompiler | None = None
 
 
 @dataclass

@@ -14,14 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from service.engine.constraints import ConstraintCompiler, ConstraintFactory, GrammarError, ToolSchema
 from service.engine.types import FinishReason, SequenceUpdate
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, WrongModelKind
 from service.models.registry import GenerationModel
 from service.models.tool_calls import ToolCallParser
 from tokenwire.v1 import generation_pb2
@@ -30,19 +29,11 @@ TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 MAX_TOOLS = 128
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
 
-_compilers: dict[int, ConstraintCompiler] = {}
-_compilers_lock = threading.Lock()
-
-
 def compiler_for(model: GenerationModel) -> ConstraintCompiler:
-    """The model's grammar compiler (one per served model, kept for the process's life)."""
-    with _compilers_lock:
-        compiler = _compilers.get(id(model))
-        if compiler is None:
-            compiler = _compilers[id(model)] = ConstraintCompiler(
-                model.tokenizer, model.vocab_size, model.card.eos_token_ids
-            )
-        return compiler
+    """The model's grammar compiler."""
+    if model.constraints is None:
+        raise WrongModelKind(f"Model {model.card.model_id!r} does not support constrained decoding.")
+    return model.constraints
 
 
 @dataclass(frozen=True)
