@@ -8,6 +8,7 @@ them in batches of `max_batch` and hands each call its rows.
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 import time
@@ -112,6 +113,8 @@ class Embedder:
 
     @torch.inference_mode()
     def _embed_all(self, inputs: list[list[int]]) -> torch.Tensor:
+        if self.device.type == "cpu":  # compute-bound: every core (the decode steps use fewer)
+            torch.set_num_threads(len(os.sched_getaffinity(0)))
         order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
         out: list[torch.Tensor | None] = [None] * len(inputs)
         for start in range(0, len(order), self._max_batch):
