@@ -8,6 +8,10 @@ the longest sequence in flight. Capacity grows by doubling (one copy, rare) up t
 length, so a server running short requests holds a small cache, and the worst case is bounded
 and known at startup: `slots × context × bytes_per_token`, reported by `worst_case_bytes`.
 
+Keys are stored transposed, [slots, kv_heads, head_dim, capacity]: decode attention multiplies
+queries by a window of them, and the CPU's bf16 batched matrix product is fast for a strided
+window only when the window is the product's plain (untransposed) right operand.
+
 Admission is by slot: a request with n sequences is admitted when n slots are free; any slot can
 hold any request the servicer accepted (prompt + max_new_tokens ≤ context). Lowest slots are
 handed out first, so the running sequences stay packed at the start of the cache.
@@ -39,8 +43,8 @@ class SlotCache:
         self._dtype, self._device = dtype, device
         self._free = list(range(slots))
         self.capacity = 0
-        self.keys: list[torch.Tensor] = [torch.empty(0)] * layers
-        self.values: list[torch.Tensor] = [torch.empty(0)] * layers
+        self.keys: list[torch.Tensor] = [torch.empty(0)] * layers  # [slots, kv_heads, head_dim, capacity]
+        self.values: list[torch.Tensor] = [torch.empty(0)] * layers  # [slots, kv_heads, capacity, head_dim]
         self.reserve(min(_INITIAL_CAPACITY, max_length))
 
     @property
@@ -64,7 +68,7 @@ class SlotCache:
     def copy_prefix(self, source: int, target: int, length: int) -> None:
         """Copies the first `length` positions of one slot into another (n > 1 shares a prefill)."""
         for keys, values in zip(self.keys, self.values):
-            keys[target, :, :length] = keys[source, :, :length]
+            keys[target, ..., :length] = keys[source, ..., :length]
             values[target, :, :length] = values[source, :, :length]
 
     @torch.inference_mode()
@@ -80,14 +84,18 @@ class SlotCache:
         capacity = min(capacity, self.max_length)
         slots, kv_heads, head_dim = self._shape
 
-        def grown(old: torch.Tensor) -> torch.Tensor:
+        def grown(old: torch.Tensor, transposed: bool) -> torch.Tensor:
             # Zeros, not empty: masked positions still enter the attention product, and
             # uninitialised memory could hold NaN.
-            new = torch.zeros(slots, kv_heads, capacity, head_dim, dtype=self._dtype, device=self._device)
+            shape = (slots, kv_heads, head_dim, capacity) if transposed else (slots, kv_heads, capacity, head_dim)
+            new = torch.zeros(shape, dtype=self._dtype, device=self._device)
             if self.capacity:
-                new[:, :, : self.capacity] = old
+                if transposed:
+                    new[..., : self.capacity] = old
+                else:
+                    new[:, :, : self.capacity] = old
             return new
 
-        self.keys = [grown(k) for k in self.keys]
-        self.values = [grown(v) for v in self.values]
+        self.keys = [grown(k, transposed=True) for k in self.keys]
+        self.values = [grown(v, transposed=False) for v in self.values]
         self.capacity = capacity

@@ -155,11 +155,6 @@ class LlamaRunner:
         self.cache.reserve(max(entry.start + size for entry, size in zip(entries, sizes)))
         flat_ids = [t for entry in entries for t in entry.token_ids]
         flat_positions = [entry.start + i for entry, size in zip(entries, sizes) for i in range(size)]
-        if len(flat_ids) == 1:
-            # A lone token runs as two identical rows: the CPU's bf16 matrix-vector kernel rounds
-            # differently from its matrix kernel, and greedy output must not depend on how many
-            # sequences share the step. The copy is never written to the cache or returned.
-            flat_ids, flat_positions = flat_ids * 2, flat_positions * 2
         if self.device.type == "cpu":
             threads = self._cpu_threads[len(flat_ids) > PROMPT_STEP_ROWS]
             if torch.get_num_threads() != threads:
@@ -187,17 +182,16 @@ class LlamaRunner:
         for entry, size in zip(entries, sizes):
             rows.extend(range(offset + size - entry.logits_for, offset + size))
             offset += size
-        lone = len(rows) == 1  # as for a lone token: the matrix kernel, not the matrix-vector one
-        selected = hidden[torch.tensor(rows * 2 if lone else rows, device=self.device, dtype=torch.long)]
+        selected = hidden[torch.tensor(rows, device=self.device, dtype=torch.long)]
         decode_rows = min(plan.quantized_rows, selected.shape[0])
         logits = self.lm_head(self._norm(selected, self.final_norm), decode_rows).float()
-        return logits[:1] if lone else logits
+        return logits
 
 
 @dataclass
-class _DecodeGroup:
-    """Decode rows whose lengths round up to the same bucket, attending in one SDPA call over
-    the window of slots they span (read in place from the cache)."""
+class _DecodeRows:
+    """The step's decode rows, attending in one batched product over the window of slots they
+    span (read in place from the cache)."""
 
     rows: torch.Tensor  # the rows' indices in the step's tokens
     slots: torch.Tensor
@@ -205,8 +199,8 @@ class _DecodeGroup:
     first_slot: int
     span: int
     span_rows: torch.Tensor  # each row's index inside the window
-    length: int  # the bucket
-    mask: torch.Tensor  # [span, 1, 1, length]
+    length: int  # the keys read per slot: the longest row's, rounded up
+    masked: torch.Tensor  # [span, 1, 1, length]: True past each slot's length
     # The rows are consecutive and fill the window in slot order.
     packed: bool
 
@@ -215,23 +209,23 @@ class _AttentionPlan:
     """How one step's tokens attend: index tensors and masks built once, used by every layer.
 
     Each multi-token entry (a prompt chunk) attends alone, causally, to its slot's earlier
-    positions and itself. Decode entries (one token each) attend in groups: a row attends over
-    its length rounded up to a bucket of DECODE_BUCKET positions, together with the rows of the
-    same bucket. A row's result then depends on its own length only, never on its partners'
-    (the attention kernel's blocking depends on the key length), so the batch a sequence runs in
-    does not change its tokens."""
+    positions and itself. The decode entries (one token each) attend together: every slot of
+    their window reads the longest row's length of keys, masked to its own. A row's result still
+    depends on its own length only, so the batch a sequence runs in does not change its tokens:
+    the batched products compute each (slot, kv head) matrix alone, and masked keys add exact
+    zeros as long as the length read is a multiple of DECODE_ALIGN (float32 kernels change their
+    summation order for ragged lengths). The fused SDPA kernels would not do: their blocking
+    depends on the key length."""
 
-    DECODE_BUCKET = 128
+    DECODE_ALIGN = 32
 
     def __init__(self, entries: list[StepEntry], sizes: list[int], capacity: int, device: torch.device) -> None:
         self.chunks: list[tuple[int, int, int, int, torch.Tensor | None]] = []
-        by_bucket: dict[int, list[tuple[int, int, int]]] = {}
+        decode: list[tuple[int, int, int]] = []
         offset = 0
         for entry, size in zip(entries, sizes):
             if size == 1:
-                end = entry.start + 1
-                bucket = min(-(-end // self.DECODE_BUCKET) * self.DECODE_BUCKET, capacity)
-                by_bucket.setdefault(bucket, []).append((offset, entry.slot, end))
+                decode.append((offset, entry.slot, entry.start + 1))
             else:
                 end = entry.start + size
                 mask = None
@@ -240,33 +234,33 @@ class _AttentionPlan:
                     mask = torch.arange(end, device=device).unsqueeze(0) <= query_pos
                 self.chunks.append((offset, size, entry.slot, entry.start, mask))
             offset += size
-        self.total = offset
         # Rows of decode tokens come first (the engine orders them so); with no prompt chunk in
-        # the step, every row is one, the padding row of a lone token included.
+        # the step, every row is one.
         leading = next((i for i, size in enumerate(sizes) if size != 1), len(sizes))
         self.quantized_rows = leading if self.chunks else sys.maxsize
-        self.groups = [self._group(bucket, members, device) for bucket, members in by_bucket.items()]
+        self.decode = self._decode_rows(decode, capacity, device) if decode else None
 
-    @staticmethod
-    def _group(bucket: int, members: list[tuple[int, int, int]], device: torch.device) -> _DecodeGroup:
+    @classmethod
+    def _decode_rows(cls, members: list[tuple[int, int, int]], capacity: int, device: torch.device) -> _DecodeRows:
         rows, slots, ends = (list(column) for column in zip(*members))
+        length = min(-(-max(ends) // cls.DECODE_ALIGN) * cls.DECODE_ALIGN, capacity)
         first = min(slots)
         span = max(slots) - first + 1
         span_rows = torch.tensor(slots, device=device) - first
-        # Slots in the window that are not in the group attend to position 0 only, so their
+        # Slots in the window without a decode row attend to position 0 only, so their
         # (discarded) rows stay finite.
         window_ends = torch.ones(span, dtype=torch.long, device=device)
         window_ends[span_rows] = torch.tensor(ends, device=device)
-        mask = torch.arange(bucket, device=device).unsqueeze(0) < window_ends.unsqueeze(1)
-        return _DecodeGroup(
+        masked = torch.arange(length, device=device).unsqueeze(0) >= window_ends.unsqueeze(1)
+        return _DecodeRows(
             rows=torch.tensor(rows, device=device),
             slots=torch.tensor(slots, device=device),
             positions=torch.tensor(ends, device=device) - 1,
             first_slot=first,
             span=span,
             span_rows=span_rows,
-            length=bucket,
-            mask=mask[:, None, None, :],
+            length=length,
+            masked=masked[:, None, None, :],
             packed=span == len(rows) and rows == list(range(rows[0], rows[0] + span))
             and slots == list(range(first, first + span)),
         )
@@ -276,37 +270,38 @@ class _AttentionPlan:
     ) -> torch.Tensor:
         """q, k, v: [tokens, heads, head_dim] for the whole step; writes k, v into the cache and
         returns the attention output [tokens, heads, head_dim]."""
-        keys, values = cache.keys[layer], cache.values[layer]  # [slots, kv_heads, capacity, head_dim]
-        out = torch.zeros_like(q) if q.shape[0] > self.total else torch.empty_like(q)
-        for group in self.groups:
-            keys[group.slots, :, group.positions] = k[group.rows]
-            values[group.slots, :, group.positions] = v[group.rows]
+        keys, values = cache.keys[layer], cache.values[layer]  # see SlotCache for the layouts
+        out = torch.empty_like(q)
+        decode = self.decode
+        if decode is not None:
+            keys[decode.slots, :, :, decode.positions] = k[decode.rows]
+            values[decode.slots, :, decode.positions] = v[decode.rows]
             kv_heads = keys.shape[1]
             # [span, kv_heads, heads per kv head, head_dim]: grouped-query attention as a batch
             # of small matrix products, one per slot and kv head (the fused SDPA kernels are
             # built for long queries and are slow for one query row).
-            if group.packed:  # the rows are the window's slots, in order: no scatter, no gather
-                queries = q[group.rows[0] : group.rows[0] + group.span]
+            if decode.packed:  # the rows are the window's slots, in order: no scatter, no gather
+                queries = q[decode.rows[0] : decode.rows[0] + decode.span]
             else:
-                queries = q.new_zeros(group.span, q.shape[1], q.shape[2])
-                queries[group.span_rows] = q[group.rows]
-            queries = queries.view(group.span, kv_heads, -1, q.shape[2])
-            window = slice(group.first_slot, group.first_slot + group.span)
-            scores = torch.matmul(queries, keys[window, :, : group.length].transpose(2, 3)).mul_(scale)
-            scores = scores.masked_fill_(~group.mask, float("-inf"))
+                queries = q.new_zeros(decode.span, q.shape[1], q.shape[2])
+                queries[decode.span_rows] = q[decode.rows]
+            queries = queries.view(decode.span, kv_heads, -1, q.shape[2])
+            window = slice(decode.first_slot, decode.first_slot + decode.span)
+            scores = torch.matmul(queries, keys[window, ..., : decode.length]).mul_(scale)
+            scores = scores.masked_fill_(decode.masked, float("-inf"))
             weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-            attended = torch.matmul(weights, values[window, :, : group.length]).view(group.span, *q.shape[1:])
-            if group.packed:
-                out[group.rows[0] : group.rows[0] + group.span] = attended
+            attended = torch.matmul(weights, values[window, :, : decode.length]).view(decode.span, *q.shape[1:])
+            if decode.packed:
+                out[decode.rows[0] : decode.rows[0] + decode.span] = attended
             else:
-                out[group.rows] = attended[group.span_rows]
+                out[decode.rows] = attended[decode.span_rows]
         for offset, size, slot, start, mask in self.chunks:
             end = start + size
-            keys[slot, :, start:end] = k[offset : offset + size].transpose(0, 1)
+            keys[slot, ..., start:end] = k[offset : offset + size].permute(1, 2, 0)
             values[slot, :, start:end] = v[offset : offset + size].transpose(0, 1)
             attended = F.scaled_dot_product_attention(
                 q[offset : offset + size].transpose(0, 1).unsqueeze(0),
-                keys[slot : slot + 1, :, :end],
+                keys[slot : slot + 1, ..., :end].transpose(2, 3),
                 values[slot : slot + 1, :, :end],
                 attn_mask=mask,
                 is_causal=mask is None,

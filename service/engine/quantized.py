@@ -59,13 +59,21 @@ class Linear:
             zero = low + 8 * scale
             self.scale_and_zero = torch.stack([scale, zero], dim=2).transpose(0, 1).contiguous().to(torch.bfloat16)
 
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1:
+            # A lone row runs as two: the bf16 matrix-vector kernels round differently from the
+            # matrix ones, and a row's result must not depend on how many share the step. (The
+            # quantized kernels compute every row alike.)
+            return F.linear(x.expand(2, -1), self.dense, self.bias)[:1]
+        return F.linear(x, self.dense, self.bias)
+
     def __call__(self, x: torch.Tensor, quantized_rows: int) -> torch.Tensor:
         """The first `quantized_rows` rows of x (decode tokens) use the quantized weights, the
         others the dense ones."""
         if self.mode is Quantization.NONE or quantized_rows == 0:
-            return F.linear(x, self.dense, self.bias)
+            return self._dense(x)
         if quantized_rows < x.shape[0]:
-            return torch.cat([self(x[:quantized_rows], quantized_rows), F.linear(x[quantized_rows:], self.dense, self.bias)])
+            return torch.cat([self(x[:quantized_rows], quantized_rows), self._dense(x[quantized_rows:])])
         if self.mode is Quantization.INT8:
             y = torch._weight_int8pack_mm(x, self.packed, self.scale)
         else:

@@ -73,11 +73,13 @@ async def test_same_seed_reproduces_and_n_sequences_differ(generation_model, tok
     assert len(set(first.values())) > 1
 
 
-def _engine(model, tokenizer, *, slots: int = 8, max_waiting: int = 64, prefill_chunk: int = 256) -> GenerationEngine:
-    """An engine of its own on `model`'s weights (the session engine runs bf16 on CPU, where a
-    row's logits can depend on the batch's shape; float32 makes solo/batched runs comparable)."""
+def _engine(
+    model, tokenizer, *, slots: int = 8, max_waiting: int = 64, prefill_chunk: int = 256, dtype: torch.dtype | None = None
+) -> GenerationEngine:
+    """An engine of its own on `model`'s weights (float32 unless `dtype` says otherwise, so that
+    its tokens compare with transformers')."""
     engine = GenerationEngine(
-        create_runner(model, slots=slots, max_length=model.config.max_position_embeddings),
+        create_runner(model, slots=slots, max_length=model.config.max_position_embeddings, dtype=dtype),
         tokenizer,
         frozenset({model.config.eos_token_id}),
         max_running=slots,
@@ -238,9 +240,7 @@ async def test_n_above_the_slots_is_refused(small_engine, tokenizer):
     assert caught.value.field == "sampling.n"
 
 
-async def test_greedy_text_does_not_depend_on_the_batch_in_the_served_dtype(generation_model, tokenizer):
-    """The session engine runs the worker's own dtype (bf16 on this CPU)."""
-    engine = generation_model.engine
+async def _assert_batch_invariant(engine, tokenizer) -> None:
     prompts = [
         "Write a short story about a robot who learns to paint.",
         "Explain how a refrigerator works to a ten year old.",
@@ -252,3 +252,18 @@ async def test_greedy_text_does_not_depend_on_the_batch_in_the_served_dtype(gene
     solo = [(await _collect(engine, _request(tokenizer, p, max_new_tokens=64)))[1] for p in prompts]
     together = await asyncio.gather(*(_collect(engine, _request(tokenizer, p, max_new_tokens=64)) for p in prompts))
     assert [ids for _, ids, _ in together] == solo
+
+
+async def test_greedy_text_does_not_depend_on_the_batch_in_the_served_dtype(generation_model, tokenizer):
+    """The session engine runs the worker's own settings (bf16 with int4 decode weights on this
+    CPU)."""
+    await _assert_batch_invariant(generation_model.engine, tokenizer)
+
+
+async def test_greedy_text_does_not_depend_on_the_batch_with_dense_bf16_weights(hf_model, tokenizer):
+    """Unquantized bf16 (`--quantization none`): a lone decode row must round like a batched one."""
+    engine = _engine(hf_model, tokenizer, dtype=torch.bfloat16)
+    try:
+        await _assert_batch_invariant(engine, tokenizer)
+    finally:
+        engine.stop()
