@@ -2,8 +2,13 @@
 
 Forward passes run on one dedicated thread, never on the event loop. Concurrent calls are merged
 (dynamic batching): the thread takes every call waiting, waits up to `max_wait_s` for more while
-the batch is short of `max_batch` inputs, sorts all the inputs by length to limit padding, runs
-them in batches of `max_batch` and hands each call its rows.
+the batch is short of `max_batch` inputs, sorts all the inputs by length, runs them in forward
+passes of at most `forward_batch` and hands each call its rows.
+
+Why forward passes smaller than the merged batch: padding. Sorted sentences in passes of 16 pad
+~13% where a pass of 32 pads ~30% (bench sentences), and on CPU a pass of 16 short sentences
+already keeps the matrix units busy: measured 350 sentences/s against 255-293/s in passes of 32
+(all-MiniLM-L6-v2, 2 cores).
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ class Embedder:
         pooling: str = "mean",
         normalize: bool = True,
         max_batch: int = 32,
+        forward_batch: int | None = None,
         max_wait_s: float = 0.002,
     ) -> None:
         if pooling not in ("mean", "cls"):
@@ -59,6 +65,8 @@ class Embedder:
         self.normalize_by_default = normalize
         self._pad = pad_token_id
         self._max_batch = max_batch
+        # Default: 16 on CPU (see the module's docstring); a GPU gains from wider passes.
+        self._forward_batch = forward_batch or (16 if device.type == "cpu" else max_batch)
         self._max_wait_s = max_wait_s
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="tokenwire-embed", daemon=True)
@@ -117,8 +125,8 @@ class Embedder:
             torch.set_num_threads(len(os.sched_getaffinity(0)))
         order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
         out: list[torch.Tensor | None] = [None] * len(inputs)
-        for start in range(0, len(order), self._max_batch):
-            chunk = order[start : start + self._max_batch]
+        for start in range(0, len(order), self._forward_batch):
+            chunk = order[start : start + self._forward_batch]
             for i, vector in zip(chunk, self._embed_batch([inputs[i] for i in chunk])):
                 out[i] = vector
         return torch.stack(out)  # type: ignore[arg-type]
