@@ -75,10 +75,11 @@ _RPC_MAPPING: dict[grpc.StatusCode, tuple[int, str, str | None, str]] = {
     ),
     grpc.StatusCode.UNAVAILABLE: (503, "server_error", None, "The model worker is unavailable; retry later."),
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout", None, "The request timed out."),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error", "invalid_api_key", "Invalid credentials."),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "authentication_error", "invalid_api_key", "Permission denied."),
 }
 _INTERNAL = (500, "server_error", None, "The model worker failed to process the request.")
+# The worker checks only the bridge's own key (--worker-api-key); REST clients' keys are checked
+# by the bridge itself (auth.py), so a refusal here is the bridge's misconfiguration.
+_CREDENTIALS_REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 
 def _rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
@@ -102,6 +103,8 @@ def openai_param(field: str, params: Mapping[str, str]) -> str:
 
 def from_rpc_error(error: grpc.aio.AioRpcError, params: Mapping[str, str]) -> APIError:
     """The HTTP answer to a failed gRPC call; `params` maps proto field paths to OpenAI params."""
+    if error.code() in _CREDENTIALS_REFUSED:
+        return _worker_refused_bridge(error)
     status, type_, code, fallback = _RPC_MAPPING.get(error.code(), _INTERNAL)
     rich = _rich_status(error)
     if rich is None:
@@ -129,6 +132,17 @@ def from_rpc_error(error: grpc.aio.AioRpcError, params: Mapping[str, str]) -> AP
     if status == 500:
         logger.error("worker call failed: %s %s", error.code(), error.details())
     return APIError(status, message, type=type_, param=param, code=code, headers=headers)
+
+
+def _worker_refused_bridge(error: grpc.aio.AioRpcError) -> APIError:
+    """A 502, not the 401/403 of the worker: the client is not at fault and must not be told its
+    key is wrong. The worker's words (and ErrorInfo code) stay in the bridge's log."""
+    logger.error(
+        "the model worker refused the bridge's worker API key (%s: %s); check --worker-api-key",
+        error.code().name,
+        error.details(),
+    )
+    return APIError(502, "The server could not authenticate to its model worker.", type="server_error")
 
 
 def internal_error() -> APIError:

@@ -2,8 +2,9 @@
 
 Two collection points: an ASGI middleware (requests by route and status code, duration, requests
 in flight) and a gRPC client interceptor on the worker channels (prompt and completion tokens
-from the usage the worker returns; time to first token and inter-token latency of streams,
-measured from the HTTP request's arrival as the chunks go out).
+from the usage the worker returns, or counted from the messages of a stream that ends before its
+usage; time to first token and inter-token latency of streams, measured from the HTTP request's
+arrival as the chunks go out).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ PROMPT_TOKENS = Counter(
 )
 COMPLETION_TOKENS = Counter(
     "tokenwire_completion_tokens_total",
-    "Completion tokens, from the usage the worker returns.",
+    "Completion tokens, from the usage the worker returns (streams cut short: the tokens streamed).",
     ["model"],
     registry=REGISTRY,
 )
@@ -134,24 +135,38 @@ def _record_usage(model: str, usage: common_pb2.Usage) -> None:
 async def _observed_stream(
     call: AsyncIterator[generation_pb2.GenerateStreamResponse], started: float
 ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
-    """The messages of a GenerateStream call, unchanged; they feed the metrics as they pass."""
-    model = ""
+    """The messages of a GenerateStream call, unchanged; they feed the metrics as they pass.
+
+    The worker's usage comes last, so a stream that ends before it (client gone, cancelled,
+    failed) counts its prompt and the token ids of the deltas read so far instead.
+    """
+    model = ""  # set once the worker has admitted the request (PromptInfo)
+    streamed = common_pb2.Usage()
+    usage_read = False
     last_text_at: dict[int, float] = {}
-    async for message in call:
-        kind = message.WhichOneof("event")
-        if kind == "prompt_info":
-            model = message.prompt_info.model
-        elif kind == "delta" and message.delta.text:
-            now = time.monotonic()
-            previous = last_text_at.get(message.delta.index)
-            if not last_text_at:
-                TIME_TO_FIRST_TOKEN.labels(model).observe(now - started)
-            elif previous is not None:
-                INTER_TOKEN_LATENCY.labels(model).observe(now - previous)
-            last_text_at[message.delta.index] = now
-        elif kind == "usage":
-            _record_usage(model, message.usage)
-        yield message
+    try:
+        async for message in call:
+            kind = message.WhichOneof("event")
+            if kind == "prompt_info":
+                model = message.prompt_info.model
+                streamed.prompt_tokens = message.prompt_info.prompt_tokens
+            elif kind == "delta":
+                streamed.completion_tokens += len(message.delta.token_ids)
+                if message.delta.text:
+                    now = time.monotonic()
+                    previous = last_text_at.get(message.delta.index)
+                    if not last_text_at:
+                        TIME_TO_FIRST_TOKEN.labels(model).observe(now - started)
+                    elif previous is not None:
+                        INTER_TOKEN_LATENCY.labels(model).observe(now - previous)
+                    last_text_at[message.delta.index] = now
+            elif kind == "usage":
+                usage_read = True
+                _record_usage(model, message.usage)
+            yield message
+    finally:
+        if model and not usage_read:
+            _record_usage(model, streamed)
 
 
 _GENERATE = b"/tokenwire.v1.Generation/Generate"
@@ -188,8 +203,22 @@ class _UnaryUsageInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         return call
 
 
+def _with_token_ids(request: generation_pb2.GenerateRequest) -> generation_pb2.GenerateRequest:
+    """`request` asking for the token ids of every delta (a copy: the caller's stays as it was)."""
+    if request.response.token_ids:
+        return request
+    counted = generation_pb2.GenerateRequest()
+    counted.CopyFrom(request)
+    counted.response.token_ids = True
+    return counted
+
+
 class _StreamUsageInterceptor(grpc.aio.UnaryStreamClientInterceptor):
-    """Reads the usage and the timing of GenerateStream messages as they are read."""
+    """Reads the usage and the timing of GenerateStream messages as they are read.
+
+    It asks the worker for the deltas' token ids, the only way to count the completion tokens of a
+    stream that ends before the worker's usage.
+    """
 
     async def intercept_unary_stream(
         self,
@@ -197,9 +226,9 @@ class _StreamUsageInterceptor(grpc.aio.UnaryStreamClientInterceptor):
         details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> grpc.aio.UnaryStreamCall | AsyncIterator[Any]:
-        call = await continuation(details, request)
         if _method(details) != _GENERATE_STREAM:
-            return call
+            return await continuation(details, request)
+        call = await continuation(details, _with_token_ids(request))
         started = _REQUEST_STARTED.get()
         return _observed_stream(call, time.monotonic() if started is None else started)
 

@@ -301,7 +301,7 @@ class _AttentionPlan:
             values[slot, :, start:end] = v[offset : offset + size].transpose(0, 1)
             attended = F.scaled_dot_product_attention(
                 q[offset : offset + size].transpose(0, 1).unsqueeze(0),
-                keys[slot : slot + 1, ..., :end].transpose(2, 3),
+                keys[slot : slot + 1, ..., :end].transpose(2, 3).contiguous(),  # flash kernels want it so
                 values[slot : slot + 1, :, :end],
                 attn_mask=mask,
                 is_causal=mask is None,

@@ -1,9 +1,12 @@
 """API keys through the real stack: REST `Authorization: Bearer KEY`, gRPC `authorization` metadata.
 
 The secured stack's bridge takes the client keys and sends its own key to the worker, which takes
-that key and another internal client's key (see conftest.py).
+that key and another internal client's key (see conftest.py). A misconfigured bridge in front of
+the same worker sends a worker key the worker refuses.
 """
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import grpc
 import httpx
@@ -14,11 +17,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
+from tests.servers import ServerProcess, start_bridge
 from tokenwire.v1 import generation_pb2, generation_pb2_grpc, models_pb2, models_pb2_grpc
 
 from .conftest import CHAT_MODEL, CLIENT_KEYS, INTERNAL_WORKER_KEY
 
 HI = [{"role": "user", "content": "Hi"}]
+WRONG_WORKER_KEY = "not-the-worker-key"
 GENERATE = generation_pb2.GenerateRequest(text="Hello", stopping=generation_pb2.StoppingCriteria(max_new_tokens=2))
 
 
@@ -35,6 +40,15 @@ def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
 def channel(secured):
     with grpc.insecure_channel(secured.grpc_address) as channel:
         yield channel
+
+
+@pytest.fixture(scope="module")
+def misconfigured(secured, tmp_path_factory) -> Iterator[tuple[str, ServerProcess]]:
+    """A bridge in front of the secured worker that sends a worker key the worker does not take."""
+    flags = [f"--api-key={key}" for key in CLIENT_KEYS] + [f"--worker-api-key={WRONG_WORKER_KEY}"]
+    url, bridge = start_bridge(tmp_path_factory.mktemp("misconfigured"), secured.grpc_address, *flags)
+    yield url, bridge
+    bridge.stop()
 
 
 @pytest.mark.parametrize(
@@ -81,6 +95,29 @@ def test_health_and_metrics_stay_open(secured):
     assert httpx.get(f"{secured.url}/health", timeout=10).status_code == 200
     metrics = httpx.get(f"{secured.url}/metrics", timeout=10)
     assert metrics.status_code == 200 and "tokenwire_http_requests_total" in metrics.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_worker_key_the_worker_refuses_is_a_502_for_the_client_and_logged(misconfigured, stream):
+    url, bridge = misconfigured
+    body = {"model": CHAT_MODEL, "messages": HI, "max_tokens": 2, "stream": stream}
+    headers = {"authorization": f"Bearer {CLIENT_KEYS[0]}"}
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert response.status_code == 502 and "www-authenticate" not in response.headers
+    error = response.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == ("server_error", None, None) and error["message"]
+    assert WRONG_WORKER_KEY not in response.text and CLIENT_KEYS[0] not in response.text
+    log = bridge.log.read_text()
+    assert "refused the bridge's worker API key" in log and WRONG_WORKER_KEY not in log
+
+
+def test_the_sdk_sees_a_refused_worker_key_as_a_server_error_and_a_wrong_client_key_as_401(misconfigured):
+    url, _ = misconfigured
+    with pytest.raises(openai.InternalServerError) as caught:
+        openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEYS[1], max_retries=0).models.list()
+    assert caught.value.status_code == 502
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong", max_retries=0).models.list()
 
 
 @pytest.mark.parametrize(

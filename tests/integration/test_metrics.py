@@ -102,6 +102,30 @@ def test_bridge_counts_requests_in_flight_streams_included(bridge_url, http):
         time.sleep(0.1)
 
 
+def test_bridge_counts_the_tokens_of_a_stream_the_client_closed(bridge_url, http):
+    metrics_url = f"{bridge_url}/metrics"
+    completion_counter = "tokenwire_completion_tokens_total"
+    before = scrape(metrics_url)
+    body = {"model": CHAT_MODEL, "messages": HI, "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    content_chunks = 0
+    with http.stream("POST", CHAT_ROUTE, json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                choices = json.loads(line[len("data: ") :])["choices"]
+                content_chunks += bool(choices and choices[0]["delta"].get("content"))
+            if content_chunks == 5:
+                break  # leaving the block closes the connection mid-stream
+    assert content_chunks == 5
+    # The bridge notices the disconnect on its next write; the worker never sends its usage.
+    deadline = time.monotonic() + 10
+    while (counted := _delta(before, scrape(metrics_url), completion_counter, model=CHAT_MODEL)) < content_chunks:
+        assert time.monotonic() < deadline, f"{counted} completion tokens counted, {content_chunks} chunks read"
+        time.sleep(0.1)
+    after = scrape(metrics_url)
+    assert _delta(before, after, completion_counter, model=CHAT_MODEL) < body["max_tokens"]
+    assert _delta(before, after, "tokenwire_prompt_tokens_total", model=CHAT_MODEL) > 0
+
+
 def test_worker_counts_tokens_finish_reasons_and_time_to_first_token(secured):
     before = scrape(secured.worker_metrics_url)
     request = generation_pb2.GenerateRequest(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import grpc
 import pytest
@@ -13,6 +14,7 @@ from service.errors import (
     ModelNotFound,
     QueueFull,
     TokenwireError,
+    Unauthenticated,
     WrongModelKind,
 )
 from service.servicers.status import rich_status
@@ -105,8 +107,6 @@ def test_resource_exhausted_without_retry_info_still_has_retry_after() -> None:
     [
         (grpc.StatusCode.UNAVAILABLE, 503, "server_error"),
         (grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout"),
-        (grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
-        (grpc.StatusCode.PERMISSION_DENIED, 403, "authentication_error"),
         (grpc.StatusCode.INTERNAL, 500, "server_error"),
         (grpc.StatusCode.UNKNOWN, 500, "server_error"),
         (grpc.StatusCode.ABORTED, 500, "server_error"),
@@ -116,6 +116,24 @@ def test_status_table(code: grpc.StatusCode, status: int, error_type: str) -> No
     error = from_rpc_error(rpc_error(code, "Something happened."), {})
     assert (error.status, error.type) == (status, error_type) and envelope(error)["message"]
     assert "retry-after" not in error.response().headers
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        worker_error(Unauthenticated("Invalid API key.")),
+        rpc_error(grpc.StatusCode.PERMISSION_DENIED, "Permission denied."),
+    ],
+)
+def test_the_worker_refusing_the_bridges_key_is_a_502_not_a_client_401(
+    error: grpc.aio.AioRpcError, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="rest_bridge"):
+        api_error = from_rpc_error(error, {})
+    assert (api_error.status, api_error.type, api_error.code) == (502, "server_error", None)
+    assert "API key" not in envelope(api_error)["message"]
+    assert "www-authenticate" not in api_error.response().headers
+    assert "refused the bridge's worker API key" in caplog.text
 
 
 def test_channel_errors_without_details_get_a_readable_message() -> None:
