@@ -165,6 +165,9 @@ class ResponseFormat(_Body):
         return self
 
 
+_GUIDED_PARAMS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
+
+
 class GenerationRequest(_Body):
     """The parameters chat and completions share."""
 
@@ -191,6 +194,13 @@ class GenerationRequest(_Body):
     min_tokens: UInt32 | None = None
     include_stop_str_in_output: bool | None = None
     skip_special_tokens: bool | None = None
+    response_format: ResponseFormat | None = None
+    # vLLM's structured-output extras: a JSON schema (object or JSON text), a regex, a choice of
+    # strings, a grammar (llguidance's Lark syntax). One of them or response_format, not two.
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
+    guided_grammar: str | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -200,6 +210,26 @@ class GenerationRequest(_Body):
         if isinstance(value, str):
             return [value]
         raise request_error("'stop' must be a string or a list of strings.", "stop")
+
+    @model_validator(mode="after")
+    def _one_output_constraint(self) -> GenerationRequest:
+        given = self._output_constraints()
+        if len(given) > 1:
+            raise request_error(
+                f"Send only one of {' and '.join(given)}: each constrains the whole output.", given[1]
+            )
+        return self
+
+    def _output_constraints(self) -> list[str]:
+        given = [name for name in _GUIDED_PARAMS if getattr(self, name) is not None]
+        if self.response_format is not None and self.response_format.type != "text":
+            given.insert(0, "response_format")
+        return given
+
+    @property
+    def output_constraint_param(self) -> str | None:
+        """The parameter that constrains the output (validated to be at most one), if any."""
+        return next(iter(self._output_constraints()), None)
 
     @property
     def choices_per_prompt(self) -> int:
@@ -223,7 +253,6 @@ class ChatCompletionRequest(GenerationRequest):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    response_format: ResponseFormat | None = None
     # Known OpenAI features, rejected until implemented.
     functions: list[dict[str, Any]] | None = None
     function_call: Any = None

@@ -44,7 +44,6 @@ CHAT_PARAMS = {
     "logprobs": "logprobs",
     "logprobs.top_logprobs": "top_logprobs",
     **dict.fromkeys(("prompt", "chat", "chat.messages"), "messages"),
-    **dict.fromkeys(("structured_output", "structured_output.json_schema"), "response_format"),
     "tools": "tools",
     "tool_choice": "tool_choice",
     "tool_choice.function_name": "tool_choice.function.name",
@@ -125,6 +124,7 @@ def _apply_generation_params(body: schemas.GenerationRequest, request: generatio
     if body.stop_token_ids:
         request.stopping.stop_token_ids.extend(body.stop_token_ids)
     _set_sent(request.response, {"skip_special_tokens": body.skip_special_tokens})
+    _apply_output_constraint(body, request)
 
 
 def chat_message(message: schemas.ChatMessage) -> generation_pb2.ChatMessage:
@@ -163,7 +163,6 @@ def chat_request(body: schemas.ChatCompletionRequest, request_id: str) -> genera
     if body.logprob_alternatives is not None:
         request.logprobs.top_logprobs = body.logprob_alternatives
     _apply_tools(body, request)
-    _apply_response_format(body.response_format, request)
     return request
 
 
@@ -192,16 +191,34 @@ def _apply_tools(body: schemas.ChatCompletionRequest, request: generation_pb2.Ge
     _set_sent(request, {"parallel_tool_calls": body.parallel_tool_calls})
 
 
-def _apply_response_format(
-    response_format: schemas.ResponseFormat | None, request: generation_pb2.GenerateRequest
-) -> None:
-    if response_format is None or response_format.type == "text":
-        return
-    if response_format.type == "json_object":
-        request.structured_output.json_object = True
-        return
-    schema = response_format.json_schema.json_schema if response_format.json_schema else None
-    request.structured_output.json_schema = json.dumps({} if schema is None or schema is True else schema)
+def _apply_output_constraint(body: schemas.GenerationRequest, request: generation_pb2.GenerateRequest) -> None:
+    """response_format or one of vLLM's guided_* extras (the schema allows one at most)."""
+    output = request.structured_output
+    if body.guided_json is not None:
+        output.json_schema = body.guided_json if isinstance(body.guided_json, str) else json.dumps(body.guided_json)
+    elif body.guided_regex is not None:
+        output.regex = body.guided_regex
+    elif body.guided_choice is not None:
+        output.choice.values.extend(body.guided_choice)
+    elif body.guided_grammar is not None:
+        output.grammar = body.guided_grammar
+    elif body.response_format is not None and body.response_format.type == "json_object":
+        output.json_object = True
+    elif body.response_format is not None and body.response_format.type == "json_schema":
+        schema = body.response_format.json_schema.json_schema if body.response_format.json_schema else None
+        output.json_schema = json.dumps({} if schema is None or schema is True else schema)
+
+
+_STRUCTURED_OUTPUT_FIELDS = tuple(
+    f"structured_output{suffix}" for suffix in ("", ".json_object", ".json_schema", ".regex", ".choice", ".grammar")
+)
+
+
+def request_params(fmt: GenerationFormat, body: schemas.GenerationRequest) -> dict[str, str]:
+    """`fmt`'s map from proto field paths to OpenAI params, plus the one this request's output
+    constraint came in (response_format or a guided_* extra)."""
+    param = body.output_constraint_param
+    return {**fmt.params, **dict.fromkeys(_STRUCTURED_OUTPUT_FIELDS, param)} if param else dict(fmt.params)
 
 
 def completion_requests(body: schemas.CompletionRequest, request_id: str) -> list[generation_pb2.GenerateRequest]:

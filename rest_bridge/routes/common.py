@@ -123,17 +123,18 @@ async def generate(
     plain JSON answers with their own status, since no byte of the stream has been sent.
     """
     stubs, options = stubs_and_options(request)
+    params = translate.request_params(fmt, body)
     n = body.choices_per_prompt
     # Every prompt's request asks for the same outputs.
     logprobs = protos[0].HasField("logprobs")
     if body.stream:
         streams = [stubs.generation.GenerateStream(proto, **options) for proto in protos]
-        with rpc_errors(fmt.params):
+        with rpc_errors(params):
             infos = await until_ready(request, streams, _prompt_infos(streams))
         header = translate.ResponseHeader.new(fmt.id_prefix, body.model or infos[0].model)
         return EventStreamResponse(generation_events(fmt, streams, header, n, body.include_usage, logprobs))
     calls = [stubs.generation.Generate(proto, **options) for proto in protos]
-    with rpc_errors(fmt.params):
+    with rpc_errors(params):
         responses = await until_ready(request, calls, asyncio.gather(*calls))
     header = translate.ResponseHeader.new(fmt.id_prefix, body.model or responses[0].prompt_info.model)
     return JSONResponse(translate.generation_response(fmt, responses, n, header, logprobs))

@@ -3,6 +3,7 @@ always parses, and validates against the schema, because decoding is constrained
 from __future__ import annotations
 
 import json
+import re
 
 import grpc
 import jsonschema
@@ -160,6 +161,63 @@ def test_unknown_response_format_type_is_400(http):
         "model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "yaml"},
     })
     assert response.status_code == 400 and response.json()["error"]["param"] == "response_format.type"
+
+
+# vLLM's structured-output extras, on chat and on completions (which also take response_format).
+
+
+def _complete(client, prompt: str, **extra_body):
+    return client.completions.create(
+        model=CHAT_MODEL, prompt=prompt, temperature=0, max_tokens=40, extra_body=extra_body
+    ).choices[0]
+
+
+def test_guided_choice_on_chat_picks_one_of_the_strings(client):
+    reply = _chat(client, "Is 'I love it' positive or negative?", max_tokens=10,
+                  extra_body={"guided_choice": ["positive", "negative"]})
+    assert reply.choices[0].message.content in ("positive", "negative")
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_guided_json_on_chat_and_completions_validates(client):
+    chat = _chat(client, "Invent a person.", max_tokens=60, extra_body={"guided_json": PERSON})
+    jsonschema.validate(json.loads(chat.choices[0].message.content), PERSON)
+    # As JSON text too, as vLLM accepts it.
+    completion = _complete(client, "A person as JSON:", guided_json=json.dumps(PERSON))
+    jsonschema.validate(json.loads(completion.text), PERSON)
+
+
+def test_guided_regex_and_grammar_on_completions(client):
+    date = _complete(client, "The first moon landing was on", guided_regex=r"(19|20)[0-9]{2}-[01][0-9]-[0-3][0-9]")
+    assert re.fullmatch(r"(19|20)[0-9]{2}-[01][0-9]-[0-3][0-9]", date.text) and date.finish_reason == "stop"
+    grammar = 'start: "The answer is " NUMBER "."\nNUMBER: /[0-9]{1,3}/\n'
+    answer = _complete(client, "6 times 7?", guided_grammar=grammar)
+    assert re.fullmatch(r"The answer is [0-9]{1,3}\.", answer.text)
+
+
+def test_response_format_on_completions(client):
+    choice = _complete(client, "A cat described as JSON:", response_format={"type": "json_object"})
+    assert isinstance(json.loads(choice.text), dict)
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize(
+    ("extras", "param"),
+    [
+        ({"response_format": {"type": "json_object"}, "guided_regex": "a+"}, "guided_regex"),
+        ({"guided_choice": ["a", "b"], "guided_json": {"type": "object"}}, "guided_choice"),
+        ({"guided_regex": "(ab"}, "guided_regex"),
+        ({"guided_json": {"type": "foo"}}, "guided_json"),
+        ({"guided_grammar": "start: nowhere"}, "guided_grammar"),
+        ({"guided_choice": []}, "guided_choice"),
+    ],
+)
+def test_bad_or_conflicting_guided_extras_are_400_naming_the_param(http, route, extras, param):
+    prompt = {"messages": [{"role": "user", "content": "hi"}]} if "chat" in route else {"prompt": "hi"}
+    response = http.post(route, json={"model": CHAT_MODEL, "max_tokens": 5, **prompt, **extras})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
 
 
 # The same capability through the native gRPC API.

@@ -83,11 +83,18 @@ def test_invalid_tools_and_formats_are_400_naming_the_param(fields: dict[str, An
 
 
 def test_worker_field_paths_map_to_openai_params() -> None:
-    params = translate.CHAT_PARAMS
-    assert openai_param("structured_output.json_schema", params) == "response_format"
-    assert openai_param("structured_output", params) == "response_format"
-    assert openai_param("tools[1].function.parameters", params) == "tools[1].function.parameters"
-    assert openai_param("tool_choice.function_name", params) == "tool_choice.function.name"
+    def params(**extras: object) -> dict[str, str]:
+        body = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], **extras})
+        return translate.request_params(translate.CHAT, body)
+
+    with_format = params(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})
+    assert openai_param("structured_output.json_schema", with_format) == "response_format"
+    assert openai_param("structured_output", with_format) == "response_format"
+    assert openai_param("structured_output.regex", params(guided_regex="a+")) == "guided_regex"
+    assert openai_param("structured_output.json_schema", params(guided_json={})) == "guided_json"
+    plain = params()
+    assert openai_param("tools[1].function.parameters", plain) == "tools[1].function.parameters"
+    assert openai_param("tool_choice.function_name", plain) == "tool_choice.function.name"
 
 
 def _sequence(text: str, calls: list[tuple[str, str, str]], reason: int) -> generation_pb2.Sequence:
