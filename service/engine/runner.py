@@ -7,6 +7,9 @@ import logging
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from service.engine.llama import LlamaRunner, lean_support_problem
 from service.engine.quantized import Quantization
@@ -34,10 +37,14 @@ class ModelRunner(Protocol):
 
 
 class TransformersRunner:
-    """transformers' generic forward, one sequence at a time, each slot with its own cache.
+    """transformers' generic forward, each slot with its own cache: any causal LM transformers
+    can load runs on it.
 
-    Slower than the lean runner (one forward call per sequence per step), but it runs any
-    causal LM transformers can load."""
+    The decode rows of a step run as one batch: their caches are left-padded to the longest,
+    stacked, run with a padding mask, and each row's grown cache is cut back out. Prompt chunks
+    run one by one. Slower than the lean runner (the caches are copied every step), and a row's
+    logits can differ in the last bits with the batch around it. Models whose caches are not
+    plain full-attention layers (sliding windows, state-space layers) run every row alone."""
 
     def __init__(self, model: torch.nn.Module, *, slots: int) -> None:
         self.model = model
@@ -64,22 +71,71 @@ class TransformersRunner:
 
     @torch.inference_mode()
     def step(self, entries: list[StepEntry]) -> torch.Tensor:
+        decode = [entry for entry in entries if len(entry.token_ids) == 1 and entry.start and entry.logits_for == 1]
+        batched = len(decode) > 1 and all(_stackable(self._caches[entry.slot]) for entry in decode)
+        decode_logits = dict(zip((entry.slot for entry in decode), self._decode(decode))) if batched else {}
         rows = []
         for entry in entries:
-            size = len(entry.token_ids)
-            out = self.model(
-                input_ids=torch.tensor([entry.token_ids], device=self.device),
-                position_ids=torch.arange(entry.start, entry.start + size, device=self.device).unsqueeze(0),
-                past_key_values=self._caches.get(entry.slot) if entry.start else None,
-                use_cache=True,
-                logits_to_keep=max(entry.logits_for, 1),
-            )
-            self._caches[entry.slot] = out.past_key_values
-            if entry.logits_for:
-                rows.append(out.logits[0, -entry.logits_for :].float())
+            logits = decode_logits[entry.slot] if entry.slot in decode_logits else self._alone(entry)
+            if logits is not None:
+                rows.append(logits)
         if not rows:
             return torch.empty(0, device=self.device)
         return torch.cat(rows)
+
+    def _alone(self, entry: StepEntry) -> torch.Tensor | None:
+        size = len(entry.token_ids)
+        out = self.model(
+            input_ids=torch.tensor([entry.token_ids], device=self.device),
+            position_ids=torch.arange(entry.start, entry.start + size, device=self.device).unsqueeze(0),
+            past_key_values=self._caches.get(entry.slot) if entry.start else None,
+            use_cache=True,
+            logits_to_keep=max(entry.logits_for, 1),
+        )
+        self._caches[entry.slot] = out.past_key_values
+        return out.logits[0, -entry.logits_for :].float() if entry.logits_for else None
+
+    def _decode(self, entries: list[StepEntry]) -> list[torch.Tensor]:
+        """One forward for the one-token entries; returns each entry's logits [1, vocab]."""
+        caches = [self._caches[entry.slot] for entry in entries]
+        lengths = [cache.get_seq_length() for cache in caches]
+        longest = max(lengths)
+        padded = []
+        for layer in range(len(caches[0].layers)):
+            keys, values = (
+                torch.cat([
+                    F.pad(getattr(cache.layers[layer], name), (0, 0, longest - length, 0))
+                    for cache, length in zip(caches, lengths)
+                ])
+                for name in ("keys", "values")
+            )
+            padded.append((keys, values))
+        mask = torch.zeros(len(entries), longest + 1, dtype=torch.long, device=self.device)
+        for row, length in enumerate(lengths):
+            mask[row, longest - length :] = 1
+        out = self.model(
+            input_ids=torch.tensor([entry.token_ids for entry in entries], device=self.device),
+            position_ids=torch.tensor([[entry.start] for entry in entries], device=self.device),
+            attention_mask=mask,
+            past_key_values=DynamicCache(padded),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        grown = out.past_key_values
+        for row, (entry, length) in enumerate(zip(entries, lengths)):
+            start = longest - length
+            self._caches[entry.slot] = DynamicCache([
+                (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone())
+                for layer in grown.layers
+            ])
+        return [out.logits[row, -1:].float() for row in range(len(entries))]
+
+
+def _stackable(cache: Any) -> bool:
+    """Whether `cache` is a DynamicCache of full-attention layers only (see TransformersRunner)."""
+    return isinstance(cache, DynamicCache) and all(
+        type(layer) is DynamicLayer and layer.keys is not None for layer in cache.layers
+    )
 
 
 def create_runner(

@@ -10,6 +10,7 @@ from transformers import (
     LlamaConfig,
     MistralConfig,
     Qwen2Config,
+    Qwen3Config,
 )
 
 from service.engine.llama import LlamaRunner
@@ -112,3 +113,35 @@ def test_other_architectures_fall_back_to_transformers():
     assert isinstance(runner, TransformersRunner)
     prompt = list(range(3, 20))
     assert _greedy(runner, prompt, 12, chunk=6) == _reference(model, prompt, 12)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=256),
+        # Rotary positions, grouped-query attention, q/k norms: a family the lean runner lacks.
+        Qwen3Config(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256),
+    ],
+    ids=["gpt2", "qwen3"],
+)
+def test_the_fallback_runs_decode_rows_as_one_batch_with_their_solo_tokens(config, monkeypatch):
+    model = _random_model(config)
+    runner = create_runner(model, slots=3, max_length=256)
+    prompts = [list(range(3, 20)), list(range(40, 45)), list(range(100, 130))]
+    solo = [_reference(model, prompt, 10) for prompt in prompts]
+
+    forwards: list[int] = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda **kwargs: forwards.append(kwargs["input_ids"].shape[0]) or forward(**kwargs))
+    slots = [runner.allocate() for _ in prompts]
+    logits = runner.step([StepEntry(slot, prompt, 0) for slot, prompt in zip(slots, prompts)])
+    tokens: list[list[int]] = [[] for _ in prompts]
+    positions = [len(prompt) for prompt in prompts]
+    for _ in range(10):
+        for row, token in enumerate(logits.argmax(-1).tolist()):
+            tokens[row].append(token)
+        logits = runner.step([StepEntry(slot, [tokens[row][-1]], positions[row]) for row, slot in enumerate(slots)])
+        positions = [position + 1 for position in positions]
+    assert tokens == solo
+    assert forwards == [1, 1, 1] + [3] * 10  # prompts one by one, then every decode step batched
