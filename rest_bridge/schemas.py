@@ -7,7 +7,7 @@ rejected with a 400 naming the parameter, never silently dropped. Fields default
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -165,7 +165,35 @@ class ResponseFormat(_Body):
         return self
 
 
-_GUIDED_PARAMS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
+class StructuredOutputs(_Body):
+    """vLLM's `structured_outputs` object (its newer spelling of the guided_* extras)."""
+
+    # ("json" would shadow a BaseModel method, hence the alias.)
+    json_value: dict[str, Any] | str | None = Field(default=None, alias="json")
+    regex: str | None = None
+    choice: Annotated[list[str], Field(min_length=1)] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+
+
+class OutputConstraint(NamedTuple):
+    """What constrains a request's output: the parameter it came in, the StructuredOutput field
+    it becomes (json_object, json_schema, regex, choice or grammar) and its value."""
+
+    param: str
+    kind: str
+    value: Any
+
+
+# Where each extra goes in StructuredOutput.
+_GUIDED_KINDS = {"guided_json": "json_schema", "guided_regex": "regex", "guided_choice": "choice", "guided_grammar": "grammar"}
+_STRUCTURED_OUTPUTS_KINDS = {
+    "json_value": ("json", "json_schema"),
+    "regex": ("regex", "regex"),
+    "choice": ("choice", "choice"),
+    "grammar": ("grammar", "grammar"),
+    "json_object": ("json_object", "json_object"),
+}
 
 
 class GenerationRequest(_Body):
@@ -201,6 +229,7 @@ class GenerationRequest(_Body):
     guided_regex: str | None = None
     guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
     guided_grammar: str | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -213,22 +242,33 @@ class GenerationRequest(_Body):
 
     @model_validator(mode="after")
     def _one_output_constraint(self) -> GenerationRequest:
-        given = self._output_constraints()
+        given = [constraint.param for constraint in self._output_constraints()]
         if len(given) > 1:
             raise request_error(
                 f"Send only one of {' and '.join(given)}: each constrains the whole output.", given[1]
             )
         return self
 
-    def _output_constraints(self) -> list[str]:
-        given = [name for name in _GUIDED_PARAMS if getattr(self, name) is not None]
-        if self.response_format is not None and self.response_format.type != "text":
-            given.insert(0, "response_format")
-        return given
+    def _output_constraints(self) -> list[OutputConstraint]:
+        found = []
+        response_format = self.response_format
+        if response_format is not None and response_format.type == "json_object":
+            found.append(OutputConstraint("response_format", "json_object", True))
+        elif response_format is not None and response_format.type == "json_schema":
+            schema = response_format.json_schema.json_schema if response_format.json_schema else None
+            found.append(OutputConstraint("response_format", "json_schema", {} if schema in (None, True) else schema))
+        for param, kind in _GUIDED_KINDS.items():
+            if (value := getattr(self, param)) is not None:
+                found.append(OutputConstraint(param, kind, value))
+        for field, (name, kind) in _STRUCTURED_OUTPUTS_KINDS.items():
+            value = getattr(self.structured_outputs, field, None)
+            if value is not None and value is not False:
+                found.append(OutputConstraint(f"structured_outputs.{name}", kind, value))
+        return found
 
     @property
-    def output_constraint_param(self) -> str | None:
-        """The parameter that constrains the output (validated to be at most one), if any."""
+    def output_constraint(self) -> OutputConstraint | None:
+        """What constrains the output (validated to be one thing at most), if anything."""
         return next(iter(self._output_constraints()), None)
 
     @property

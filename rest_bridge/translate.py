@@ -192,21 +192,19 @@ def _apply_tools(body: schemas.ChatCompletionRequest, request: generation_pb2.Ge
 
 
 def _apply_output_constraint(body: schemas.GenerationRequest, request: generation_pb2.GenerateRequest) -> None:
-    """response_format or one of vLLM's guided_* extras (the schema allows one at most)."""
-    output = request.structured_output
-    if body.guided_json is not None:
-        output.json_schema = body.guided_json if isinstance(body.guided_json, str) else json.dumps(body.guided_json)
-    elif body.guided_regex is not None:
-        output.regex = body.guided_regex
-    elif body.guided_choice is not None:
-        output.choice.values.extend(body.guided_choice)
-    elif body.guided_grammar is not None:
-        output.grammar = body.guided_grammar
-    elif body.response_format is not None and body.response_format.type == "json_object":
+    """response_format or one of vLLM's extras (the schema allows one at most)."""
+    constraint = body.output_constraint
+    if constraint is None:
+        return
+    output, value = request.structured_output, constraint.value
+    if constraint.kind == "json_object":
         output.json_object = True
-    elif body.response_format is not None and body.response_format.type == "json_schema":
-        schema = body.response_format.json_schema.json_schema if body.response_format.json_schema else None
-        output.json_schema = json.dumps({} if schema is None or schema is True else schema)
+    elif constraint.kind == "json_schema":
+        output.json_schema = value if isinstance(value, str) else json.dumps(value)
+    elif constraint.kind == "choice":
+        output.choice.values.extend(value)
+    else:
+        setattr(output, constraint.kind, value)  # regex, grammar
 
 
 _STRUCTURED_OUTPUT_FIELDS = tuple(
@@ -216,9 +214,11 @@ _STRUCTURED_OUTPUT_FIELDS = tuple(
 
 def request_params(fmt: GenerationFormat, body: schemas.GenerationRequest) -> dict[str, str]:
     """`fmt`'s map from proto field paths to OpenAI params, plus the one this request's output
-    constraint came in (response_format or a guided_* extra)."""
-    param = body.output_constraint_param
-    return {**fmt.params, **dict.fromkeys(_STRUCTURED_OUTPUT_FIELDS, param)} if param else dict(fmt.params)
+    constraint came in (response_format or one of vLLM's extras)."""
+    constraint = body.output_constraint
+    if constraint is None:
+        return dict(fmt.params)
+    return {**fmt.params, **dict.fromkeys(_STRUCTURED_OUTPUT_FIELDS, constraint.param)}
 
 
 def completion_requests(body: schemas.CompletionRequest, request_id: str) -> list[generation_pb2.GenerateRequest]:

@@ -195,6 +195,15 @@ def test_guided_regex_and_grammar_on_completions(client):
     assert re.fullmatch(r"The answer is [0-9]{1,3}\.", answer.text)
 
 
+def test_vllm_structured_outputs_object(client):
+    """vLLM's newer spelling of the same extras."""
+    reply = _chat(client, "Is 'I love it' positive or negative?", max_tokens=10,
+                  extra_body={"structured_outputs": {"choice": ["positive", "negative"]}})
+    assert reply.choices[0].message.content in ("positive", "negative")
+    person = _complete(client, "A person as JSON:", structured_outputs={"json": PERSON})
+    jsonschema.validate(json.loads(person.text), PERSON)
+
+
 def test_response_format_on_completions(client):
     choice = _complete(client, "A cat described as JSON:", response_format={"type": "json_object"})
     assert isinstance(json.loads(choice.text), dict)
@@ -210,6 +219,9 @@ def test_response_format_on_completions(client):
         ({"guided_json": {"type": "foo"}}, "guided_json"),
         ({"guided_grammar": "start: nowhere"}, "guided_grammar"),
         ({"guided_choice": []}, "guided_choice"),
+        ({"guided_regex": "a+", "structured_outputs": {"regex": "b+"}}, "structured_outputs.regex"),
+        ({"structured_outputs": {"regex": "(ab"}}, "structured_outputs.regex"),
+        ({"structured_outputs": {"json": {"type": "foo"}}}, "structured_outputs.json"),
     ],
 )
 def test_bad_or_conflicting_guided_extras_are_400_naming_the_param(http, route, extras, param):
