@@ -1,6 +1,7 @@
 """The worker's Prometheus metrics, served over HTTP on --metrics-port.
 
-Engine load (queue length, running batch) is read from the engines at scrape time; tokens,
+Engine load (queue length, running batch) and step totals are read from the engines at scrape
+time; tokens,
 finish reasons and time to first token are recorded by the Generation servicer through
 GenerationRecorder, one per call.
 """
@@ -18,7 +19,7 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.engine.types import GenerationRequest, SequenceUpdate
@@ -88,7 +89,9 @@ class GenerationRecorder:
 
 
 class EngineLoadCollector(Collector):
-    """Queue length and running batch of every generation engine, read at scrape time."""
+    """Queue length, running batch and step totals of every generation engine, read at scrape
+    time. rate(step_seconds) / rate(steps) is the mean step time; forward_seconds the part of it
+    in the model."""
 
     def __init__(self, models: ModelRegistry) -> None:
         self._models = models
@@ -104,12 +107,28 @@ class EngineLoadCollector(Collector):
             "Running batch: sequences being generated.",
             labels=["model"],
         )
+        totals = {
+            name: CounterMetricFamily(f"tokenwire_engine_{name}", help_text, labels=["model"])
+            for name, help_text in (
+                ("steps", "Engine steps (one forward pass each)."),
+                ("step_tokens", "Tokens run through the model: decode tokens and prompt chunks."),
+                ("forward_seconds", "Time in the model's forward passes."),
+                ("step_seconds", "Time in whole steps: forward, sampling, emitting."),
+            )
+        }
         for model in self._models.all():
             if isinstance(model, GenerationModel):
-                waiting.add_metric([model.card.model_id], model.engine.waiting_count)
-                running.add_metric([model.card.model_id], model.engine.running_count)
+                labels = [model.card.model_id]
+                waiting.add_metric(labels, model.engine.waiting_count)
+                running.add_metric(labels, model.engine.running_count)
+                stats = model.engine.stats
+                totals["steps"].add_metric(labels, stats.steps)
+                totals["step_tokens"].add_metric(labels, stats.tokens)
+                totals["forward_seconds"].add_metric(labels, stats.forward_seconds)
+                totals["step_seconds"].add_metric(labels, stats.step_seconds)
         yield waiting
         yield running
+        yield from totals.values()
 
 
 def serve_metrics(host: str, port: int, models: ModelRegistry) -> Callable[[], None]:

@@ -84,6 +84,19 @@ class RequestStream:
         return item  # type: ignore[return-value]
 
 
+@dataclass
+class StepStats:
+    """Running totals of the engine's steps, written by the engine thread only (readers may see
+    one step's fields half updated; fine for metrics)."""
+
+    steps: int = 0
+    # Tokens run through the model: decode tokens plus prompt chunk tokens.
+    tokens: int = 0
+    # Time in the model's forward pass, and in whole steps (forward, sampling, emitting).
+    forward_seconds: float = 0.0
+    step_seconds: float = 0.0
+
+
 @dataclass(eq=False)
 class _Sequence:
     request: GenerationRequest
@@ -138,6 +151,7 @@ class GenerationEngine:
         self._running: list[_Sequence] = []
         self._admission = threading.Lock()
         self._not_admitted = 0
+        self.stats = StepStats()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="tokenwire-engine", daemon=True)
 
@@ -193,11 +207,14 @@ class GenerationEngine:
             self._read_inbox(block=not (self._running or self._waiting))
             self._admit()
             if self._running:
+                started = time.perf_counter()
                 try:
                     self._step()
                 except Exception as error:  # a failed forward pass fails its batch, not the engine
                     log.exception("generation step failed")
                     self._fail_running(error)
+                self.stats.steps += 1
+                self.stats.step_seconds += time.perf_counter() - started
         for seq in self._running:
             seq.stream._push(NotReady("The worker is shutting down."))
         for _, stream in self._waiting:
@@ -287,7 +304,10 @@ class GenerationEngine:
             owners.append(seq)
             budget -= len(chunk)
             chunks += 1
+        forward_started = time.perf_counter()
         logits = self._runner.step(entries)
+        self.stats.forward_seconds += time.perf_counter() - forward_started
+        self.stats.tokens += sum(len(entry.token_ids) for entry in entries)
 
         to_sample: list[_Sequence] = []
         rows: list[int] = []

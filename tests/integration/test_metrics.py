@@ -149,6 +149,11 @@ def test_worker_counts_tokens_finish_reasons_and_time_to_first_token(secured):
     assert _delta(before, after, "tokenwire_engine_time_to_first_token_seconds_count", **model) == 1
     assert {"tokenwire_engine_waiting_requests", "tokenwire_engine_running_sequences"} <= after.names()
     assert "process_cpu_seconds_total" in after.names()
+    # One step for the shared prefill, then 3 steps of both siblings' decode tokens.
+    assert _delta(before, after, "tokenwire_engine_steps_total", **model) == 4
+    assert _delta(before, after, "tokenwire_engine_step_tokens_total", **model) == reply.usage.prompt_tokens + 6
+    forward = _delta(before, after, "tokenwire_engine_forward_seconds_total", **model)
+    assert 0 < forward <= _delta(before, after, "tokenwire_engine_step_seconds_total", **model)
 
 
 def test_worker_metrics_port_is_plain_http_without_a_key(secured):
