@@ -193,7 +193,7 @@ class _DecodeRows:
     """The step's decode rows, attending in one batched product over the window of slots they
     span (read in place from the cache)."""
 
-    rows: torch.Tensor  # the rows' indices in the step's tokens
+    rows: torch.Tensor | slice  # the rows in the step's tokens (a slice when packed)
     slots: torch.Tensor
     positions: torch.Tensor  # where each row's new key and value go
     first_slot: int
@@ -252,8 +252,11 @@ class _AttentionPlan:
         window_ends = torch.ones(span, dtype=torch.long, device=device)
         window_ends[span_rows] = torch.tensor(ends, device=device)
         masked = torch.arange(length, device=device).unsqueeze(0) >= window_ends.unsqueeze(1)
+        packed = span == len(rows) and rows == list(range(rows[0], rows[0] + span)) and slots == list(
+            range(first, first + span)
+        )
         return _DecodeRows(
-            rows=torch.tensor(rows, device=device),
+            rows=slice(rows[0], rows[0] + span) if packed else torch.tensor(rows, device=device),
             slots=torch.tensor(slots, device=device),
             positions=torch.tensor(ends, device=device) - 1,
             first_slot=first,
@@ -261,8 +264,7 @@ class _AttentionPlan:
             span_rows=span_rows,
             length=length,
             masked=masked[:, None, None, :],
-            packed=span == len(rows) and rows == list(range(rows[0], rows[0] + span))
-            and slots == list(range(first, first + span)),
+            packed=packed,
         )
 
     def attend(
@@ -271,7 +273,6 @@ class _AttentionPlan:
         """q, k, v: [tokens, heads, head_dim] for the whole step; writes k, v into the cache and
         returns the attention output [tokens, heads, head_dim]."""
         keys, values = cache.keys[layer], cache.values[layer]  # see SlotCache for the layouts
-        out = torch.empty_like(q)
         decode = self.decode
         if decode is not None:
             keys[decode.slots, :, :, decode.positions] = k[decode.rows]
@@ -281,7 +282,7 @@ class _AttentionPlan:
             # of small matrix products, one per slot and kv head (the fused SDPA kernels are
             # built for long queries and are slow for one query row).
             if decode.packed:  # the rows are the window's slots, in order: no scatter, no gather
-                queries = q[decode.rows[0] : decode.rows[0] + decode.span]
+                queries = q[decode.rows]
             else:
                 queries = q.new_zeros(decode.span, q.shape[1], q.shape[2])
                 queries[decode.span_rows] = q[decode.rows]
@@ -291,10 +292,11 @@ class _AttentionPlan:
             scores = scores.masked_fill_(decode.masked, float("-inf"))
             weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
             attended = torch.matmul(weights, values[window, :, : decode.length]).view(decode.span, *q.shape[1:])
-            if decode.packed:
-                out[decode.rows[0] : decode.rows[0] + decode.span] = attended
-            else:
-                out[decode.rows] = attended[decode.span_rows]
+            if decode.packed and not self.chunks:  # every row of the step, in order
+                return attended
+        out = torch.empty_like(q)
+        if decode is not None:
+            out[decode.rows] = attended if decode.packed else attended[decode.span_rows]
         for offset, size, slot, start, mask in self.chunks:
             end = start + size
             keys[slot, ..., start:end] = k[offset : offset + size].permute(1, 2, 0)
