@@ -391,11 +391,15 @@ class TokenizeRequest(_Body):
     add_special_tokens: bool | None = None
     add_generation_prompt: bool | None = None
     return_token_strs: bool = False
+    # With messages: rendered as chat completions render them, so the counts agree.
+    tools: list[Tool] | None = None
 
     @model_validator(mode="after")
     def _one_input(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise request_error("Send exactly one of 'prompt' and 'messages'.", "prompt")
+        if self.tools and self.messages is None:
+            raise request_error("'tools' needs 'messages'.", "tools")
         return self
 
 

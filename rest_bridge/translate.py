@@ -63,6 +63,7 @@ TOKENIZE_PARAMS = {
     "chat": "messages",
     "chat.messages": "messages",
     "add_special_tokens": "add_special_tokens",
+    "tools": "tools",
 }
 DETOKENIZE_PARAMS = {"model": "model", "token_ids": "tokens"}
 MODELS_PARAMS = {"id": "model"}
@@ -173,17 +174,22 @@ _TOOL_CHOICE_MODES = {
 }
 
 
-def _apply_tools(body: schemas.ChatCompletionRequest, request: generation_pb2.GenerateRequest) -> None:
-    for tool in body.tools or ():
-        function = tool.function
-        request.tools.add(
+def _proto_tools(tools: Sequence[schemas.Tool] | None) -> list[generation_pb2.Tool]:
+    return [
+        generation_pb2.Tool(
             type="function",
             function=generation_pb2.FunctionDefinition(
-                name=function.name,
-                description=function.description or "",
-                parameters="" if function.parameters is None else json.dumps(function.parameters),
+                name=tool.function.name,
+                description=tool.function.description or "",
+                parameters="" if tool.function.parameters is None else json.dumps(tool.function.parameters),
             ),
         )
+        for tool in tools or ()
+    ]
+
+
+def _apply_tools(body: schemas.ChatCompletionRequest, request: generation_pb2.GenerateRequest) -> None:
+    request.tools.extend(_proto_tools(body.tools))
     if isinstance(body.tool_choice, schemas.NamedToolChoice):
         request.tool_choice.function_name = body.tool_choice.function.name
     elif body.tool_choice is not None:
@@ -263,7 +269,9 @@ def embed_request(body: schemas.EmbeddingRequest, request_id: str) -> embedding_
 
 
 def tokenize_request(body: schemas.TokenizeRequest) -> tokenization_pb2.TokenizeRequest:
-    request = tokenization_pb2.TokenizeRequest(model=body.model or "", return_tokens=body.return_token_strs)
+    request = tokenization_pb2.TokenizeRequest(
+        model=body.model or "", return_tokens=body.return_token_strs, tools=_proto_tools(body.tools)
+    )
     if body.messages is not None:
         request.chat.CopyFrom(chat_prompt(body.messages, body.add_generation_prompt))
     else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -60,12 +60,13 @@ class OutputPlan:
         return ToolCallReader(finish_with_tool_calls=self.tool_choice in ("auto", "required"))
 
 
-def _tools(request: generation_pb2.GenerateRequest) -> list[_Tool]:
-    if len(request.tools) > MAX_TOOLS:
+def parse_tools(proto_tools: Sequence[generation_pb2.Tool]) -> list[_Tool]:
+    """Validated tools (the `tools` field of a Generate or Tokenize request)."""
+    if len(proto_tools) > MAX_TOOLS:
         raise InvalidRequest(f"At most {MAX_TOOLS} tools are supported.", field="tools")
     tools: list[_Tool] = []
     names: set[str] = set()
-    for i, tool in enumerate(request.tools):
+    for i, tool in enumerate(proto_tools):
         if tool.type not in ("", "function"):
             raise InvalidRequest(f"tools[{i}].type must be 'function', not {tool.type!r}.", field=f"tools[{i}].type")
         name = tool.function.name
@@ -188,7 +189,7 @@ def _compile(
 async def output_plan(request: generation_pb2.GenerateRequest, model: GenerationModel) -> OutputPlan:
     """Validates structured_output, tools and tool_choice and compiles the constraint (in a
     thread: a new grammar takes milliseconds, a model's first one about a second)."""
-    tools = _tools(request)
+    tools = parse_tools(request.tools)
     mode, callable_tools = _tool_choice(request, tools)
     if mode != "none" and request.WhichOneof("prompt") != "chat":
         raise InvalidRequest("Tools need a chat prompt.", field="tools")

@@ -7,6 +7,7 @@ from service.errors import InvalidRequest
 from service.models.prompting import encode_text, render_chat
 from service.models.registry import ModelRegistry
 from service.servicers.prompt_input import chat_messages, check_token_ids
+from service.servicers.structured import parse_tools
 from tokenwire.v1 import tokenization_pb2, tokenization_pb2_grpc
 
 
@@ -24,11 +25,16 @@ class TokenizationServicer(tokenization_pb2_grpc.TokenizationServicer):
         tokenizer = model.tokenizer
         response = tokenization_pb2.TokenizeResponse(context_length=model.card.context_length)
         kind = request.WhichOneof("input")
+        if request.tools and kind != "chat":
+            raise InvalidRequest("Tools need chat input.", field="tools")
         if kind == "chat":
             add_generation_prompt = (
                 request.chat.add_generation_prompt if request.chat.HasField("add_generation_prompt") else True
             )
-            response.rendered_prompt = render_chat(tokenizer, chat_messages(request.chat), add_generation_prompt)
+            tools = [tool.prompt for tool in parse_tools(request.tools)] or None
+            response.rendered_prompt = render_chat(
+                tokenizer, chat_messages(request.chat), add_generation_prompt, tools
+            )
             ids = encode_text(tokenizer, response.rendered_prompt, add_special_tokens=False)
         elif kind == "text":
             add_special = request.add_special_tokens if request.HasField("add_special_tokens") else True

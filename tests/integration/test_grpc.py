@@ -103,6 +103,22 @@ def test_tokenize_and_detokenize_round_trip(channel):
     assert "What is 2+2?" in chat.rendered_prompt and chat.rendered_prompt.rstrip().endswith("assistant")
 
 
+def test_tokenize_renders_tools_and_refuses_them_without_chat(channel):
+    stub = tokenization_pb2_grpc.TokenizationStub(channel)
+    tool = generation_pb2.Tool(type="function", function=generation_pb2.FunctionDefinition(
+        name="get_weather", parameters='{"type": "object", "properties": {"city": {"type": "string"}}}'))
+    with_tools = stub.Tokenize(tokenization_pb2.TokenizeRequest(chat=CHAT, tools=[tool]))
+    assert "get_weather" in with_tools.rendered_prompt
+    assert len(with_tools.token_ids) > len(stub.Tokenize(tokenization_pb2.TokenizeRequest(chat=CHAT)).token_ids)
+    for request in (
+        tokenization_pb2.TokenizeRequest(text="hi", tools=[tool]),
+        tokenization_pb2.TokenizeRequest(chat=CHAT, tools=[generation_pb2.Tool(function=generation_pb2.FunctionDefinition(name="no spaces"))]),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Tokenize(request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_embed_packed_and_float_agree(channel):
     stub = embedding_pb2_grpc.EmbeddingStub(channel)
     inputs = [embedding_pb2.EmbedInput(text="hello")]

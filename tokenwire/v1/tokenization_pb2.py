@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from tokenwire.v1 import generation_pb2 as tokenwire_dot_v1_dot_generation__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftokenwire/v1/tokenization.proto\x12\x0ctokenwire.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1dtokenwire/v1/generation.proto\"\xb2\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x18.tokenwire.v1.ChatPromptH\x00\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x15\n\rreturn_tokens\x18\x05 \x01(\x08\x42\x07\n\x05inputB\x15\n\x13_add_special_tokens\"f\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x17\n\x0frendered_prompt\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\r\"o\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12 \n\x13skip_special_tokens\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x16\n\x14_skip_special_tokens\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t2\xde\x01\n\x0cTokenization\x12\x62\n\x08Tokenize\x12\x1d.tokenwire.v1.TokenizeRequest\x1a\x1e.tokenwire.v1.TokenizeResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/tokenize:\x01*\x12j\n\nDetokenize\x12\x1f.tokenwire.v1.DetokenizeRequest\x1a .tokenwire.v1.DetokenizeResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/detokenize:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftokenwire/v1/tokenization.proto\x12\x0ctokenwire.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1dtokenwire/v1/generation.proto\"\xd5\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12(\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x18.tokenwire.v1.ChatPromptH\x00\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x15\n\rreturn_tokens\x18\x05 \x01(\x08\x12!\n\x05tools\x18\x06 \x03(\x0b\x32\x12.tokenwire.v1.ToolB\x07\n\x05inputB\x15\n\x13_add_special_tokens\"f\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0e\n\x06tokens\x18\x02 \x03(\t\x12\x17\n\x0frendered_prompt\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\r\"o\n\x11\x44\x65tokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12 \n\x13skip_special_tokens\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x16\n\x14_skip_special_tokens\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t2\xde\x01\n\x0cTokenization\x12\x62\n\x08Tokenize\x12\x1d.tokenwire.v1.TokenizeRequest\x1a\x1e.tokenwire.v1.TokenizeResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/tokenize:\x01*\x12j\n\nDetokenize\x12\x1f.tokenwire.v1.DetokenizeRequest\x1a .tokenwire.v1.DetokenizeResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/detokenize:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +38,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENIZATION'].methods_by_name['Detokenize']._loaded_options = None
   _globals['_TOKENIZATION'].methods_by_name['Detokenize']._serialized_options = b'\202\323\344\223\002\023\"\016/v1/detokenize:\001*'
   _globals['_TOKENIZEREQUEST']._serialized_start=111
-  _globals['_TOKENIZEREQUEST']._serialized_end=289
-  _globals['_TOKENIZERESPONSE']._serialized_start=291
-  _globals['_TOKENIZERESPONSE']._serialized_end=393
-  _globals['_DETOKENIZEREQUEST']._serialized_start=395
-  _globals['_DETOKENIZEREQUEST']._serialized_end=506
-  _globals['_DETOKENIZERESPONSE']._serialized_start=508
-  _globals['_DETOKENIZERESPONSE']._serialized_end=542
-  _globals['_TOKENIZATION']._serialized_start=545
-  _globals['_TOKENIZATION']._serialized_end=767
+  _globals['_TOKENIZEREQUEST']._serialized_end=324
+  _globals['_TOKENIZERESPONSE']._serialized_start=326
+  _globals['_TOKENIZERESPONSE']._serialized_end=428
+  _globals['_DETOKENIZEREQUEST']._serialized_start=430
+  _globals['_DETOKENIZEREQUEST']._serialized_end=541
+  _globals['_DETOKENIZERESPONSE']._serialized_start=543
+  _globals['_DETOKENIZERESPONSE']._serialized_end=577
+  _globals['_TOKENIZATION']._serialized_start=580
+  _globals['_TOKENIZATION']._serialized_end=802
 # @@protoc_insertion_point(module_scope)
