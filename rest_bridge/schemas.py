@@ -256,7 +256,7 @@ class GenerationRequest(_Body):
             found.append(OutputConstraint("response_format", "json_object", True))
         elif response_format is not None and response_format.type == "json_schema":
             schema = response_format.json_schema.json_schema if response_format.json_schema else None
-            found.append(OutputConstraint("response_format", "json_schema", {} if schema in (None, True) else schema))
+            found.append(OutputConstraint("response_format", "json_schema", {} if schema is None or schema is True else schema))
         for param, kind in _GUIDED_KINDS.items():
             if (value := getattr(self, param)) is not None:
                 found.append(OutputConstraint(param, kind, value))
