@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .conftest import CHAT_MODEL, EMBEDDING_MODEL
+from .test_tools import TOOLS
 
 HI = [{"role": "user", "content": "What is 2+2?"}]
 
@@ -28,23 +29,13 @@ def test_tokenize_chat_counts_the_prompt_the_model_sees(http, client):
     assert reply.usage.prompt_tokens == with_prompt["count"]
 
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-
-
 def test_tokenize_chat_with_tools_counts_what_a_completion_with_them_sees(http, client):
     plain = http.post("/tokenize", json={"model": CHAT_MODEL, "messages": HI}).json()
-    with_tools = http.post("/tokenize", json={"model": CHAT_MODEL, "messages": HI, "tools": [WEATHER_TOOL]}).json()
+    with_tools = http.post("/tokenize", json={"model": CHAT_MODEL, "messages": HI, "tools": TOOLS[:1]}).json()
     assert with_tools["count"] > plain["count"]
-    reply = client.chat.completions.create(model=CHAT_MODEL, messages=HI, tools=[WEATHER_TOOL], max_tokens=1)
+    reply = client.chat.completions.create(model=CHAT_MODEL, messages=HI, tools=TOOLS[:1], max_tokens=1)
     assert reply.usage.prompt_tokens == with_tools["count"]
-    text = http.post("/tokenize", json={"model": CHAT_MODEL, "prompt": "hi", "tools": [WEATHER_TOOL]})
+    text = http.post("/tokenize", json={"model": CHAT_MODEL, "prompt": "hi", "tools": TOOLS[:1]})
     assert text.status_code == 400 and text.json()["error"]["param"] == "tools"
 
 
