@@ -102,8 +102,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser, metrics_port: int = 0)
         "--quantization",
         choices=("auto", "none", "int8", "int4"),
         default=_env("QUANTIZATION", "auto"),
-        help="weights kept in 4 or 8 bits for CPU decoding; auto: a GGUF's own precision on CPU, "
-        "none elsewhere",
+        help="weights kept in 4 or 8 bits for CPU decoding (int8 also quantizes activations per row); "
+        "auto: a GGUF's own precision on CPU, none elsewhere",
     )
     group.add_argument(
         "--cache-dir",

@@ -39,7 +39,7 @@ NAMED = {"type": "function", "function": {"name": "get_time"}}
 
 
 def _create(client, **kwargs: Any):
-    options = {"model": CHAT_MODEL, "messages": QUESTION, "tools": TOOLS, "temperature": 0, "max_tokens": 100}
+    options = {"model": CHAT_MODEL, "messages": QUESTION, "tools": TOOLS, "temperature": 0, "max_tokens": 200}
     return client.chat.completions.create(**{**options, **kwargs})
 
 
@@ -142,7 +142,7 @@ def _sse_events(http, body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _stream_body(**kwargs: Any) -> dict[str, Any]:
-    return {"model": CHAT_MODEL, "messages": QUESTION, "tools": TOOLS, "temperature": 0, "max_tokens": 100,
+    return {"model": CHAT_MODEL, "messages": QUESTION, "tools": TOOLS, "temperature": 0, "max_tokens": 200,
             "stream": True, **kwargs}
 
 
@@ -244,7 +244,7 @@ def _grpc_request(tool_choice: generation_pb2.ToolChoice, **kwargs: Any) -> gene
     return generation_pb2.GenerateRequest(
         chat=generation_pb2.ChatPrompt(messages=[generation_pb2.ChatMessage(role="user", content=QUESTION[0]["content"])]),
         sampling=generation_pb2.SamplingParams(temperature=0),
-        stopping=generation_pb2.StoppingCriteria(max_new_tokens=100),
+        stopping=generation_pb2.StoppingCriteria(max_new_tokens=200),
         tools=_grpc_tools(),
         tool_choice=tool_choice,
         **kwargs,

@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from service.engine.engine import GenerationEngine
+from service.engine.quantized import Quantization
 from service.engine.runner import create_runner
 from service.engine.types import FinishReason, GenerationRequest, SamplingParams, StoppingParams
 from service.errors import InvalidRequest, QueueFull
@@ -74,12 +75,21 @@ async def test_same_seed_reproduces_and_n_sequences_differ(generation_model, tok
 
 
 def _engine(
-    model, tokenizer, *, slots: int = 8, max_waiting: int = 64, prefill_chunk: int = 256, dtype: torch.dtype | None = None
+    model,
+    tokenizer,
+    *,
+    slots: int = 8,
+    max_waiting: int = 64,
+    prefill_chunk: int = 256,
+    dtype: torch.dtype | None = None,
+    quantization: Quantization = Quantization.NONE,
 ) -> GenerationEngine:
     """An engine of its own on `model`'s weights (float32 unless `dtype` says otherwise, so that
     its tokens compare with transformers')."""
     engine = GenerationEngine(
-        create_runner(model, slots=slots, max_length=model.config.max_position_embeddings, dtype=dtype),
+        create_runner(
+            model, slots=slots, max_length=model.config.max_position_embeddings, dtype=dtype, quantization=quantization
+        ),
         tokenizer,
         frozenset({model.config.eos_token_id}),
         max_running=slots,
@@ -263,6 +273,15 @@ async def test_greedy_text_does_not_depend_on_the_batch_in_the_served_dtype(gene
 async def test_greedy_text_does_not_depend_on_the_batch_with_dense_bf16_weights(hf_model, tokenizer):
     """Unquantized bf16 (`--quantization none`): a lone decode row must round like a batched one."""
     engine = _engine(hf_model, tokenizer, dtype=torch.bfloat16)
+    try:
+        await _assert_batch_invariant(engine, tokenizer)
+    finally:
+        engine.stop()
+
+
+async def test_greedy_text_does_not_depend_on_the_batch_with_int8_weights_and_activations(hf_model, tokenizer):
+    """`--quantization int8`: activations are quantized per row, never per batch."""
+    engine = _engine(hf_model, tokenizer, dtype=torch.bfloat16, quantization=Quantization.INT8)
     try:
         await _assert_batch_invariant(engine, tokenizer)
     finally:

@@ -1,0 +1,66 @@
+"""The quantized linear layers of CPU decoding: each row's result is its own, whatever the rows
+beside it, and close to the unquantized product."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from service.engine import quantized
+from service.engine.quantized import Linear, Quantization
+
+
+def _weights(out_features: int = 96, in_features: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(out_features, in_features, generator=generator) / in_features**0.5
+    rows = torch.randn(16, in_features, generator=generator).to(torch.bfloat16)
+    return weight, rows
+
+
+@pytest.mark.parametrize("mode", [Quantization.INT8, Quantization.INT4])
+def test_each_row_gets_the_same_result_in_any_batch(mode):
+    weight, rows = _weights()
+    linear = Linear(weight, torch.randn(96), mode, torch.bfloat16)
+    together = linear(rows, quantized_rows=len(rows))
+    for size in (1, 2, 5, 9):
+        assert torch.equal(linear(rows[:size], quantized_rows=size), together[:size])
+    assert torch.equal(linear(rows[7:8], quantized_rows=1), together[7:8])
+
+
+@pytest.mark.parametrize("mode", [Quantization.INT8, Quantization.INT4])
+def test_the_quantized_product_is_close_to_the_dense_one(mode):
+    weight, rows = _weights()
+    linear = Linear(weight, None, mode, torch.bfloat16)
+    exact = rows.float() @ weight.T
+    error = (linear(rows, quantized_rows=len(rows)).float() - exact).norm() / exact.norm()
+    # 8 bits: weights and activations each round to 1/254 of their row's range; 4 bits: 1/15 of
+    # a group's range.
+    assert error < (0.02 if mode is Quantization.INT8 else 0.12)
+
+
+def test_int8_activations_are_quantized_per_row_not_per_batch():
+    """A row of large values beside a row of small ones must not crush the small row's codes."""
+    weight, rows = _weights()
+    linear = Linear(weight, None, Quantization.INT8, torch.bfloat16)
+    assert linear.int8_activations  # oneDNN's int8 product is in every x86 build of torch
+    mixed = torch.cat([rows[:1] * 1000, rows[1:2] / 1000])
+    exact = mixed.float() @ weight.T
+    result = linear(mixed, quantized_rows=2).float()
+    for row in range(2):
+        assert (result[row] - exact[row]).norm() / exact[row].norm() < 0.02
+
+
+def test_int8_runs_weight_only_where_onednn_lacks_the_int8_product(monkeypatch):
+    monkeypatch.setattr(quantized, "_onednn_int8_works", lambda: False)
+    weight, rows = _weights()
+    linear = Linear(weight, None, Quantization.INT8, torch.bfloat16)
+    assert not linear.int8_activations
+    exact = rows.float() @ weight.T
+    assert (linear(rows, quantized_rows=len(rows)).float() - exact).norm() / exact.norm() < 0.02
+
+
+def test_prompt_rows_use_the_dense_weights():
+    weight, rows = _weights()
+    linear = Linear(weight, None, Quantization.INT8, torch.bfloat16)
+    mixed = linear(rows, quantized_rows=4)
+    assert torch.equal(mixed[4:], torch.nn.functional.linear(rows[4:], weight.to(torch.bfloat16)))
+    assert torch.equal(mixed[:4], linear(rows[:4], quantized_rows=4))
