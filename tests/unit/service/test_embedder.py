@@ -25,12 +25,20 @@ async def test_concurrent_calls_are_merged_and_each_gets_its_own_rows(embedding_
     texts = [f"sentence number {i} " + "word " * (i % 7) for i in range(24)]
     alone = [await embedder.embed([_ids(embedding_model, t)]) for t in texts[:3]]
 
-    batches: list[int] = []
+    batches: list[tuple[int, bool]] = []
     run = embedder._embed_all
-    monkeypatch.setattr(embedder, "_embed_all", lambda inputs: batches.append(len(inputs)) or run(inputs))
+
+    def recorded(inputs, merged):
+        batches.append((len(inputs), merged))
+        return run(inputs, merged=merged)
+
+    monkeypatch.setattr(embedder, "_embed_all", recorded)
     together = await asyncio.gather(*(embedder.embed([_ids(embedding_model, t)]) for t in texts))
 
-    assert len(batches) < len(texts) and sum(batches) == len(texts)  # merged, nothing lost
+    sizes = [size for size, _ in batches]
+    assert len(sizes) < len(texts) and sum(sizes) == len(texts)  # merged, nothing lost
+    # One input per call here: a batch of several is several calls, which leave a core free.
+    assert all(merged == (size > 1) for size, merged in batches)
     for one, merged in zip(alone, together[:3]):
         torch.testing.assert_close(merged, one, atol=1e-5, rtol=1e-4)
 
