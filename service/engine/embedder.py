@@ -11,9 +11,9 @@ already keeps the matrix units busy: measured 350 sentences/s against 255-293/s 
 (all-MiniLM-L6-v2, 2 cores).
 
 Threads on CPU: every core for a batch of one call; all cores but one for merged calls, whose
-clients keep the event loop and the bridge busy meanwhile. 64 clients sending one sentence each
-measured 155-190 sentences/s so, against 103-148/s on every core (2 cores, three A/B rounds);
-32 sentences per request did not change (303-367/s against 308-352/s).
+clients keep the event loop and the bridge busy meanwhile. With 64 clients sending one sentence
+each, that measured 155-190 sentences/s against 103-148/s on every core (2 cores, three A/B
+rounds); 32 sentences per request did not change (303-367/s against 308-352/s).
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ traffic and per-weight arithmetic: fewer bytes per weight, faster tokens.
   at run time (as llama.cpp does for its dot products), through oneDNN's int8 matrix product.
   The integer sums are exact, so a row's result never depends on the rows beside it, and the
   cost grows slowly with the rows: 16 rows cost about twice one, where the weight-only int8
-  kernel costs 8 times. Where oneDNN lacks the int8 product (some non-x86 builds), the weight-only
-  int8 kernel runs instead.
+  kernel costs 8 times. Where this torch build cannot run oneDNN's int8 product exactly
+  (checked once, at the first int8 layer), the weight-only int8 kernel runs instead.
 
 Quantizing full-precision weights is lossy; `--quantization none` keeps them as they are.
 """

@@ -39,8 +39,8 @@ async def test_concurrent_calls_are_merged_and_each_gets_its_own_rows(embedding_
     assert len(sizes) < len(texts) and sum(sizes) == len(texts)  # merged, nothing lost
     # One input per call here: a batch of several is several calls, which leave a core free.
     assert all(merged == (size > 1) for size, merged in batches)
-    for one, merged in zip(alone, together[:3]):
-        torch.testing.assert_close(merged, one, atol=1e-5, rtol=1e-4)
+    for one, batched in zip(alone, together[:3]):
+        torch.testing.assert_close(batched, one, atol=1e-5, rtol=1e-4)
 
 
 async def test_a_call_with_several_inputs_keeps_their_order(embedding_model):
