@@ -4,15 +4,15 @@ transformers' generic forward spends most of a small model's decode step in Pyth
 overhead. This module keeps only the arithmetic: fused QKV and gate/up projections, a rotary
 table computed once by the model's own rotary module (so llama3, linear and YaRN scaling come for
 free), and attention over the engine's slot cache (`kv_cache.SlotCache`) for a whole step at once:
-the decode rows of every running sequence in one batched SDPA call, each prompt chunk in its own.
+the decode rows of every running sequence in one batch of small matrix products, each prompt chunk
+in its own SDPA call.
 
 Weights are taken from a loaded transformers model, so both run the same numbers.
 """
-from __future__ import annotations
-
 import os
 import sys
-from dataclasses import dataclass
+import warnings
+from typing import Final, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -43,14 +43,16 @@ def lean_support_problem(config: object) -> str | None:
     return None
 
 
-@dataclass
-class _Layer:
-    input_norm: torch.Tensor
-    qkv: Linear
-    out: Linear
-    post_norm: torch.Tensor
-    gate_up: Linear
-    down: Linear
+class _Layer(torch.nn.Module):
+    def __init__(self, layer: torch.nn.Module, quantization: Quantization, dtype: torch.dtype) -> None:
+        super().__init__()
+        attn, mlp = layer.self_attn, layer.mlp
+        self.input_norm = layer.input_layernorm.weight.detach().to(dtype)
+        self.qkv = _fused([attn.q_proj, attn.k_proj, attn.v_proj], quantization, dtype)
+        self.out = Linear(attn.o_proj.weight, attn.o_proj.bias, quantization, dtype)
+        self.post_norm = layer.post_attention_layernorm.weight.detach().to(dtype)
+        self.gate_up = _fused([mlp.gate_proj, mlp.up_proj], quantization, dtype)
+        self.down = Linear(mlp.down_proj.weight, mlp.down_proj.bias, quantization, dtype)
 
 
 def _fused(linears: list[torch.nn.Linear], mode: Quantization, dtype: torch.dtype) -> Linear:
@@ -65,9 +67,87 @@ def _fused(linears: list[torch.nn.Linear], mode: Quantization, dtype: torch.dtyp
     return Linear(weight, bias, mode, dtype)
 
 
+class _Forward(torch.nn.Module):
+    """The arithmetic of a step, compiled with TorchScript (see LlamaRunner)."""
+
+    heads: Final[int]
+    kv_heads: Final[int]
+    head_dim: Final[int]
+    scale: Final[float]
+    eps: Final[float]
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype, quantization: Quantization, max_length: int) -> None:
+        super().__init__()
+        config, inner = model.config, model.model
+        first = inner.layers[0].self_attn
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = first.head_dim
+        self.scale = first.scaling
+        self.eps = config.rms_norm_eps
+        self.embed = inner.embed_tokens.weight.detach().to(dtype)
+        self.final_norm = inner.norm.weight.detach().to(dtype)
+        # The output projection has no blocks of 32 in a GGUF (Q8_0 or Q6_K): int8 at most.
+        head_mode = Quantization.NONE if quantization is Quantization.NONE else Quantization.INT8
+        self.lm_head = Linear(model.lm_head.weight, None, head_mode, dtype)
+        self.layers = torch.nn.ModuleList(_Layer(layer, quantization, dtype) for layer in inner.layers)
+        device = self.embed.device
+        positions = torch.arange(max_length, device=device).unsqueeze(0)
+        probe = torch.empty((), device=device, dtype=torch.float32)
+        with torch.no_grad():
+            cos, sin = inner.rotary_emb(probe, positions)
+        self.cos, self.sin = cos[0].to(dtype), sin[0].to(dtype)
+
+    def forward(
+        self, tokens: "_StepTokens", plan: "_AttentionPlan", keys: List[torch.Tensor], values: List[torch.Tensor]
+    ) -> torch.Tensor:
+        """Float logits of the selected rows of the step's tokens; writes the tokens' keys and
+        values into `keys` and `values` (one tensor per layer)."""
+        device = self.embed.device
+        positions = torch.tensor(tokens.positions, dtype=torch.long, device=device)
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        attention = _attention_tensors(plan, device)
+        hidden = F.embedding(torch.tensor(tokens.ids, dtype=torch.long, device=device), self.embed)
+        quantized_rows = plan.quantized_rows
+        q_size = self.heads * self.head_dim
+        index = 0
+        for layer in self.layers:
+            x = self._norm(hidden, layer.input_norm)
+            qkv = layer.qkv(x, quantized_rows).view(-1, self.heads + 2 * self.kv_heads, self.head_dim)
+            qk = _rotate(qkv[:, : self.heads + self.kv_heads], cos, sin)
+            q, k, v = qk[:, : self.heads], qk[:, self.heads :], qkv[:, self.heads + self.kv_heads :]
+            attended = _attend(plan, attention, q, k, v, keys[index], values[index], self.scale)
+            hidden = hidden + layer.out(attended.reshape(-1, q_size), quantized_rows)
+            x = self._norm(hidden, layer.post_norm)
+            gate, up = layer.gate_up(x, quantized_rows).chunk(2, dim=-1)
+            hidden = hidden + layer.down(F.silu(gate) * up, quantized_rows)
+            index += 1
+        selected = hidden[torch.tensor(tokens.selected, dtype=torch.long, device=device)]
+        decode_rows = min(quantized_rows, selected.shape[0])
+        return self.lm_head(self._norm(selected, self.final_norm), decode_rows).float()
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """RMSNorm as transformers computes it: normalized in float32, scaled in the model dtype."""
+        return torch.rms_norm(x.float(), [x.shape[-1]], None, self.eps).to(x.dtype) * weight
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
 class LlamaRunner:
     """Runs steps of mixed prompt chunks and decode tokens against a SlotCache (see
-    runner.ModelRunner for the interface)."""
+    runner.ModelRunner for the interface).
+
+    The forward pass runs as TorchScript: one call from Python, and the whole step, index
+    tensors included, runs in C++ with the GIL released once. Run op by op from Python, every op
+    hands the GIL over and must win it back from the worker's event loop, which streams the last
+    step's tokens out meanwhile: with 1 ms of Python per token on the loop, a one-row decode
+    step took 12.5-13.8 ms op by op and 10.3-10.9 ms compiled (1 thread). torch.compile keeps a
+    Python wrapper around its kernels and needs a C++ toolchain at run time; TorchScript is
+    deprecated in torch but built in."""
 
     def __init__(
         self,
@@ -80,41 +160,17 @@ class LlamaRunner:
     ) -> None:
         """Takes the weights of `model` (which may be float32 so that quantization starts from
         exact values) and computes in `dtype` (default: the model's)."""
-        config = model.config
-        inner = model.model
         self.device = next(model.parameters()).device
         self.dtype = dtype or next(model.parameters()).dtype
-        first = inner.layers[0].self_attn
-        self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
-        self.head_dim = first.head_dim
-        self.scale = first.scaling
-        self.eps = config.rms_norm_eps
-        self.embed = inner.embed_tokens.weight.to(self.dtype)
-        self.final_norm = inner.norm.weight.to(self.dtype)
-        # The output projection has no blocks of 32 in a GGUF (Q8_0 or Q6_K): int8 at most.
-        head_mode = Quantization.NONE if quantization is Quantization.NONE else Quantization.INT8
-        self.lm_head = Linear(model.lm_head.weight, None, head_mode, self.dtype)
-        self.layers = []
-        for layer in inner.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            self.layers.append(_Layer(
-                input_norm=layer.input_layernorm.weight.to(self.dtype),
-                qkv=_fused([attn.q_proj, attn.k_proj, attn.v_proj], quantization, self.dtype),
-                out=Linear(attn.o_proj.weight, attn.o_proj.bias, quantization, self.dtype),
-                post_norm=layer.post_attention_layernorm.weight.to(self.dtype),
-                gate_up=_fused([mlp.gate_proj, mlp.up_proj], quantization, self.dtype),
-                down=Linear(mlp.down_proj.weight, mlp.down_proj.bias, quantization, self.dtype),
-            ))
-        positions = torch.arange(max_length, device=self.device).unsqueeze(0)
-        probe = torch.empty((), device=self.device, dtype=torch.float32)
-        cos, sin = inner.rotary_emb(probe, positions)
-        self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
+        forward = _Forward(model, self.dtype, quantization, max_length)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
+            self._forward = torch.jit.script(forward)
         self.cache = SlotCache(
-            layers=len(self.layers),
+            layers=len(forward.layers),
             slots=slots,
-            kv_heads=self.kv_heads,
-            head_dim=self.head_dim,
+            kv_heads=forward.kv_heads,
+            head_dim=forward.head_dim,
             max_length=max_length,
             dtype=self.dtype,
             device=self.device,
@@ -123,6 +179,12 @@ class LlamaRunner:
         # On CPU, decode steps (memory-bound) run on the configured threads, and steps with a
         # prompt chunk (compute-bound) on every core.
         self._cpu_threads = {False: torch.get_num_threads(), True: len(os.sched_getaffinity(0))}
+        # TorchScript profiles the first call and optimizes the graph at the second (about a
+        # second each for 30 layers): done here, not in the first request.
+        slot = self.allocate()
+        for start in range(2):
+            self.step([StepEntry(slot=slot, token_ids=[0], start=start)])
+        self.release(slot)
 
     @property
     def free_slots(self) -> int:
@@ -137,76 +199,63 @@ class LlamaRunner:
     def copy_prefix(self, source: int, target: int, length: int) -> None:
         self.cache.copy_prefix(source, target, length)
 
-    def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """RMSNorm as transformers computes it: normalized in float32, scaled in the model dtype."""
-        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * weight
-
-    @staticmethod
-    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
-
     @torch.inference_mode()
     def step(self, entries: list[StepEntry]) -> torch.Tensor:
         """Runs all entries in one pass; returns the float logits of each entry's last
         `logits_for` positions, in entry order ([rows, vocab])."""
         sizes = [len(entry.token_ids) for entry in entries]
         self.cache.reserve(max(entry.start + size for entry, size in zip(entries, sizes)))
-        flat_ids = [t for entry in entries for t in entry.token_ids]
-        flat_positions = [entry.start + i for entry, size in zip(entries, sizes) for i in range(size)]
-        if self.device.type == "cpu":
-            threads = self._cpu_threads[len(flat_ids) > PROMPT_STEP_ROWS]
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
-        ids = torch.tensor(flat_ids, device=self.device)
-        positions = torch.tensor(flat_positions, device=self.device)
-        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
-        plan = _AttentionPlan(entries, sizes, self.cache.capacity, self.device)
-
-        hidden = F.embedding(ids, self.embed)
-        q_size = self.heads * self.head_dim
-        for index, layer in enumerate(self.layers):
-            x = self._norm(hidden, layer.input_norm)
-            qkv = layer.qkv(x, plan.quantized_rows).view(-1, self.heads + 2 * self.kv_heads, self.head_dim)
-            qk = self._rotate(qkv[:, : self.heads + self.kv_heads], cos, sin)
-            q, k, v = qk[:, : self.heads], qk[:, self.heads :], qkv[:, self.heads + self.kv_heads :]
-            attended = plan.attend(index, q, k, v, self.cache, self.scale)
-            hidden = hidden + layer.out(attended.reshape(-1, q_size), plan.quantized_rows)
-            x = self._norm(hidden, layer.post_norm)
-            gate, up = layer.gate_up(x, plan.quantized_rows).chunk(2, dim=-1)
-            hidden = hidden + layer.down(F.silu(gate) * up, plan.quantized_rows)
-
-        rows: list[int] = []
+        selected: list[int] = []
         offset = 0
         for entry, size in zip(entries, sizes):
-            rows.extend(range(offset + size - entry.logits_for, offset + size))
+            selected.extend(range(offset + size - entry.logits_for, offset + size))
             offset += size
-        selected = hidden[torch.tensor(rows, device=self.device, dtype=torch.long)]
-        decode_rows = min(plan.quantized_rows, selected.shape[0])
-        logits = self.lm_head(self._norm(selected, self.final_norm), decode_rows).float()
-        return logits
+        tokens = _StepTokens(
+            ids=[t for entry in entries for t in entry.token_ids],
+            positions=[entry.start + i for entry, size in zip(entries, sizes) for i in range(size)],
+            selected=selected,
+        )
+        if self.device.type == "cpu":
+            threads = self._cpu_threads[len(tokens.ids) > PROMPT_STEP_ROWS]
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+        plan = _plan(entries, sizes, self.cache.capacity)
+        return self._forward(tokens, plan, self.cache.keys, self.cache.values)
 
 
-@dataclass
-class _DecodeRows:
+class _StepTokens(NamedTuple):
+    """The tokens of a step, all entries' in a row."""
+
+    ids: List[int]
+    positions: List[int]
+    selected: List[int]  # the rows whose logits come back
+
+
+class _DecodeRows(NamedTuple):
     """The step's decode rows, attending in one batched product over the window of slots they
     span (read in place from the cache)."""
 
-    rows: torch.Tensor | slice  # the rows in the step's tokens (a slice when packed)
-    slots: torch.Tensor
-    positions: torch.Tensor  # where each row's new key and value go
+    rows: List[int]  # the rows in the step's tokens
+    slots: List[int]
+    ends: List[int]  # each row's length, its new token included
     first_slot: int
     span: int
-    span_rows: torch.Tensor  # each row's index inside the window
     length: int  # the keys read per slot: the longest row's, rounded up
-    masked: torch.Tensor  # [span, 1, 1, length]: True past each slot's length
     # The rows are consecutive and fill the window in slot order.
     packed: bool
 
 
-class _AttentionPlan:
-    """How one step's tokens attend: index tensors and masks built once, used by every layer.
+class _Chunk(NamedTuple):
+    """A prompt chunk: `size` rows from `offset` on, entering `slot` at position `start`."""
+
+    offset: int
+    size: int
+    slot: int
+    start: int
+
+
+class _AttentionPlan(NamedTuple):
+    """How one step's tokens attend.
 
     Each multi-token entry (a prompt chunk) attends alone, causally, to its slot's earlier
     positions and itself. The decode entries (one token each) attend together: every slot of
@@ -215,100 +264,149 @@ class _AttentionPlan:
     the batched products compute each (slot, kv head) matrix alone, and masked keys add exact
     zeros as long as the length read is a multiple of DECODE_ALIGN (float32 kernels change their
     summation order for ragged lengths). The fused SDPA kernels would not do: their blocking
-    depends on the key length."""
+    depends on the key length.
 
-    DECODE_ALIGN = 32
+    Plain numbers, built in Python; the tensors every layer uses are made once per step inside
+    the compiled forward (`_attention_tensors`), with the GIL released."""
 
-    def __init__(self, entries: list[StepEntry], sizes: list[int], capacity: int, device: torch.device) -> None:
-        self.chunks: list[tuple[int, int, int, int, torch.Tensor | None]] = []
-        decode: list[tuple[int, int, int]] = []
-        offset = 0
-        for entry, size in zip(entries, sizes):
-            if size == 1:
-                decode.append((offset, entry.slot, entry.start + 1))
-            else:
-                end = entry.start + size
-                mask = None
-                if entry.start:  # causal, shifted by the positions already in the cache
-                    query_pos = torch.arange(entry.start, end, device=device).unsqueeze(1)
-                    mask = torch.arange(end, device=device).unsqueeze(0) <= query_pos
-                self.chunks.append((offset, size, entry.slot, entry.start, mask))
-            offset += size
-        # Rows of decode tokens come first (the engine orders them so); with no prompt chunk in
-        # the step, every row is one.
-        leading = next((i for i, size in enumerate(sizes) if size != 1), len(sizes))
-        self.quantized_rows = leading if self.chunks else sys.maxsize
-        self.decode = self._decode_rows(decode, capacity, device) if decode else None
+    decode: Optional[_DecodeRows]
+    chunks: List[_Chunk]
+    # Rows of decode tokens come first (the engine orders them so); with no prompt chunk in the
+    # step, every row is one.
+    quantized_rows: int
 
-    @classmethod
-    def _decode_rows(cls, members: list[tuple[int, int, int]], capacity: int, device: torch.device) -> _DecodeRows:
-        rows, slots, ends = (list(column) for column in zip(*members))
-        length = min(-(-max(ends) // cls.DECODE_ALIGN) * cls.DECODE_ALIGN, capacity)
-        first = min(slots)
-        span = max(slots) - first + 1
-        span_rows = torch.tensor(slots, device=device) - first
-        # Slots in the window without a decode row attend to position 0 only, so their
-        # (discarded) rows stay finite.
-        window_ends = torch.ones(span, dtype=torch.long, device=device)
-        window_ends[span_rows] = torch.tensor(ends, device=device)
-        masked = torch.arange(length, device=device).unsqueeze(0) >= window_ends.unsqueeze(1)
-        packed = span == len(rows) and rows == list(range(rows[0], rows[0] + span)) and slots == list(
-            range(first, first + span)
-        )
-        return _DecodeRows(
-            rows=slice(rows[0], rows[0] + span) if packed else torch.tensor(rows, device=device),
-            slots=torch.tensor(slots, device=device),
-            positions=torch.tensor(ends, device=device) - 1,
+
+DECODE_ALIGN = 32
+
+
+def _plan(entries: list[StepEntry], sizes: list[int], capacity: int) -> _AttentionPlan:
+    chunks: list[_Chunk] = []
+    rows, slots, ends = [], [], []
+    offset = 0
+    for entry, size in zip(entries, sizes):
+        if size == 1:
+            rows.append(offset)
+            slots.append(entry.slot)
+            ends.append(entry.start + 1)
+        else:
+            chunks.append(_Chunk(offset, size, entry.slot, entry.start))
+        offset += size
+    decode = None
+    if rows:
+        first, span = min(slots), max(slots) - min(slots) + 1
+        decode = _DecodeRows(
+            rows=rows,
+            slots=slots,
+            ends=ends,
             first_slot=first,
             span=span,
-            span_rows=span_rows,
-            length=length,
-            masked=masked[:, None, None, :],
-            packed=packed,
+            length=min(-(-max(ends) // DECODE_ALIGN) * DECODE_ALIGN, capacity),
+            packed=span == len(rows)
+            and rows == list(range(rows[0], rows[0] + span))
+            and slots == list(range(first, first + span)),
         )
+    leading = next((i for i, size in enumerate(sizes) if size != 1), len(sizes))
+    return _AttentionPlan(decode=decode, chunks=chunks, quantized_rows=leading if chunks else sys.maxsize)
 
-    def attend(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: SlotCache, scale: float
-    ) -> torch.Tensor:
-        """q, k, v: [tokens, heads, head_dim] for the whole step; writes k, v into the cache and
-        returns the attention output [tokens, heads, head_dim]."""
-        keys, values = cache.keys[layer], cache.values[layer]  # see SlotCache for the layouts
-        decode = self.decode
-        if decode is not None:
-            keys[decode.slots, :, :, decode.positions] = k[decode.rows]
-            values[decode.slots, :, decode.positions] = v[decode.rows]
-            kv_heads = keys.shape[1]
-            # [span, kv_heads, heads per kv head, head_dim]: grouped-query attention as a batch
-            # of small matrix products, one per slot and kv head (the fused SDPA kernels are
-            # built for long queries and are slow for one query row).
-            if decode.packed:  # the rows are the window's slots, in order: no scatter, no gather
-                queries = q[decode.rows]
-            else:
-                queries = q.new_zeros(decode.span, q.shape[1], q.shape[2])
-                queries[decode.span_rows] = q[decode.rows]
-            queries = queries.view(decode.span, kv_heads, -1, q.shape[2])
-            window = slice(decode.first_slot, decode.first_slot + decode.span)
-            scores = torch.matmul(queries, keys[window, ..., : decode.length]).mul_(scale)
-            scores = scores.masked_fill_(decode.masked, float("-inf"))
-            weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-            attended = torch.matmul(weights, values[window, :, : decode.length]).view(decode.span, *q.shape[1:])
-            if decode.packed and not self.chunks:  # every row of the step, in order
-                return attended
-        out = torch.empty_like(q)
-        if decode is not None:
-            out[decode.rows] = attended if decode.packed else attended[decode.span_rows]
-        for offset, size, slot, start, mask in self.chunks:
-            end = start + size
-            keys[slot, ..., start:end] = k[offset : offset + size].permute(1, 2, 0)
-            values[slot, :, start:end] = v[offset : offset + size].transpose(0, 1)
-            attended = F.scaled_dot_product_attention(
-                q[offset : offset + size].transpose(0, 1).unsqueeze(0),
-                keys[slot : slot + 1, ..., :end].transpose(2, 3).contiguous(),  # flash kernels want it so
-                values[slot : slot + 1, :, :end],
-                attn_mask=mask,
-                is_causal=mask is None,
-                scale=scale,
-                enable_gqa=True,
-            )
-            out[offset : offset + size] = attended[0].transpose(0, 1)
-        return out
+
+class _AttentionTensors(NamedTuple):
+    """The index tensors and masks of an _AttentionPlan."""
+
+    rows: torch.Tensor  # _DecodeRows.rows
+    slots: torch.Tensor
+    positions: torch.Tensor  # where each decode row's new key and value go
+    span_rows: torch.Tensor  # each decode row's index inside the window
+    masked: torch.Tensor  # [span, 1, 1, length]: True past each slot's length
+    chunk_masks: List[Optional[torch.Tensor]]  # None: plainly causal (the chunk starts its sequence)
+
+
+def _attention_tensors(plan: _AttentionPlan, device: torch.device) -> _AttentionTensors:
+    chunk_masks: List[Optional[torch.Tensor]] = []
+    for chunk in plan.chunks:
+        mask: Optional[torch.Tensor] = None
+        if chunk.start > 0:  # causal, shifted by the positions already in the cache
+            end = chunk.start + chunk.size
+            query_positions = torch.arange(chunk.start, end, device=device).unsqueeze(1)
+            mask = torch.arange(end, device=device).unsqueeze(0) <= query_positions
+        chunk_masks.append(mask)
+    decode = plan.decode
+    if decode is None:
+        none = torch.empty(0, dtype=torch.long, device=device)
+        return _AttentionTensors(none, none, none, none, none, chunk_masks)
+    slots = torch.tensor(decode.slots, dtype=torch.long, device=device)
+    ends = torch.tensor(decode.ends, dtype=torch.long, device=device)
+    span_rows = slots - decode.first_slot
+    # Slots in the window without a decode row attend to position 0 only, so their
+    # (discarded) rows stay finite.
+    window_ends = torch.ones(decode.span, dtype=torch.long, device=device)
+    window_ends[span_rows] = ends
+    masked = torch.arange(decode.length, device=device).unsqueeze(0) >= window_ends.unsqueeze(1)
+    return _AttentionTensors(
+        rows=torch.tensor(decode.rows, dtype=torch.long, device=device),
+        slots=slots,
+        positions=ends - 1,
+        span_rows=span_rows,
+        masked=masked[:, None, None, :],
+        chunk_masks=chunk_masks,
+    )
+
+
+def _attend(
+    plan: _AttentionPlan,
+    tensors: _AttentionTensors,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """q, k, v: [tokens, heads, head_dim] for the whole step; writes k, v into one layer's
+    cache (see SlotCache for the layouts) and returns the attention output [tokens, heads,
+    head_dim]."""
+    decode = plan.decode
+    attended = q  # assigned below whenever it is read
+    if decode is not None:
+        if decode.packed:  # the rows are the window's slots, in order: no scatter, no gather
+            queries = q.narrow(0, decode.rows[0], decode.span)
+            new_keys = k.narrow(0, decode.rows[0], decode.span)
+            new_values = v.narrow(0, decode.rows[0], decode.span)
+        else:
+            queries = q.new_zeros(decode.span, q.shape[1], q.shape[2])
+            queries[tensors.span_rows] = q[tensors.rows]
+            new_keys, new_values = k[tensors.rows], v[tensors.rows]
+        keys[tensors.slots, :, :, tensors.positions] = new_keys
+        values[tensors.slots, :, tensors.positions] = new_values
+        # [span, kv_heads, heads per kv head, head_dim]: grouped-query attention as a batch of
+        # small matrix products, one per slot and kv head (the fused SDPA kernels are built for
+        # long queries and are slow for one query row).
+        queries = queries.reshape(decode.span, keys.shape[1], -1, q.shape[2])
+        window_keys = keys.narrow(0, decode.first_slot, decode.span)[..., : decode.length]
+        window_values = values.narrow(0, decode.first_slot, decode.span)[:, :, : decode.length]
+        scores = torch.matmul(queries, window_keys).mul_(scale)
+        scores = scores.masked_fill_(tensors.masked, float("-inf"))
+        weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        attended = torch.matmul(weights, window_values).view(decode.span, q.shape[1], q.shape[2])
+        if decode.packed and len(plan.chunks) == 0:  # every row of the step, in order
+            return attended
+    out = torch.empty_like(q)
+    if decode is not None:
+        if decode.packed:
+            out.narrow(0, decode.rows[0], decode.span).copy_(attended)
+        else:
+            out[tensors.rows] = attended[tensors.span_rows]
+    for chunk, mask in zip(plan.chunks, tensors.chunk_masks):
+        end = chunk.start + chunk.size
+        keys[chunk.slot, :, :, chunk.start : end] = k.narrow(0, chunk.offset, chunk.size).permute(1, 2, 0)
+        values[chunk.slot, :, chunk.start : end] = v.narrow(0, chunk.offset, chunk.size).transpose(0, 1)
+        attended = F.scaled_dot_product_attention(
+            q.narrow(0, chunk.offset, chunk.size).transpose(0, 1).unsqueeze(0),
+            keys[chunk.slot : chunk.slot + 1, :, :, :end].transpose(2, 3).contiguous(),  # flash kernels want it so
+            values[chunk.slot : chunk.slot + 1, :, :end],
+            attn_mask=mask,
+            is_causal=mask is None,
+            scale=scale,
+            enable_gqa=True,
+        )
+        out.narrow(0, chunk.offset, chunk.size).copy_(attended[0].transpose(0, 1))
+    return out

@@ -17,10 +17,10 @@ traffic and per-weight arithmetic: fewer bytes per weight, faster tokens.
 
 Quantizing full-precision weights is lossy; `--quantization none` keeps them as they are.
 """
-from __future__ import annotations
 
 import enum
 import functools
+from typing import Final, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,44 +36,67 @@ class Quantization(enum.Enum):
     INT4 = "int4"
 
 
-class Linear:
+class Linear(torch.nn.Module):
     """y = x @ W.T + b, with W in the model dtype, int8 or int4.
 
     The quantized kernels win for the few rows of a decode step only; a quantized Linear also
     keeps the weights in the model dtype (the values the quantized ones stand for) for the rows
     of prompt chunks. Which kernel a row goes through depends on the row's kind only, never on
     the batch around it, and every kernel here computes each row alike, so that a sequence's
-    tokens do not change with its partners."""
+    tokens do not change with its partners.
+
+    A TorchScript-compatible module: the Llama runner compiles its whole forward pass (see
+    llama.py)."""
+
+    kernel: Final[str]  # "dense", "int8" (int8 activations), "int8-weight-only" or "int4"
+    bias: Optional[torch.Tensor]
+    # TorchScript reads module constants, not globals.
+    int4_group: Final[int] = INT4_GROUP
+    activation_zero: Final[int] = _ACTIVATION_ZERO
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mode: Quantization, dtype: torch.dtype) -> None:
         """`weight` [out, in] in full precision (float32 keeps a GGUF's grid exact)."""
-        self.bias = bias.to(dtype) if bias is not None else None
-        self.mode = mode
-        if mode is Quantization.INT4 and weight.shape[1] % INT4_GROUP:
-            self.mode = Quantization.INT8  # the int4 kernel needs whole groups
+        super().__init__()
+        weight = weight.detach()
+        self.bias = bias.detach().to(dtype) if bias is not None else None
         self.dense = weight.to(dtype)
-        if self.mode is Quantization.NONE:
-            return
+        # What the chosen kernel reads; empty for the kernels that do not use them.
+        self.packed = self.scale = self.zero_points = torch.empty(0)
+        if mode is Quantization.INT4 and weight.shape[1] % INT4_GROUP:
+            mode = Quantization.INT8  # the int4 kernel needs whole groups
         weight = weight.float()
-        if self.mode is Quantization.INT8:
+        if mode is Quantization.NONE:
+            self.kernel = "dense"
+        elif mode is Quantization.INT8:
             scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
             codes = (weight / scale.unsqueeze(1)).round().clamp(-127, 127).to(torch.int8)
-            self.int8_activations = _onednn_int8_works()
-            if self.int8_activations:
+            if _onednn_int8_works():
+                self.kernel = "int8"
                 self.packed = torch.ops.onednn.qlinear_prepack(codes, None)
                 self.scale = scale
                 self.zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
             else:
+                self.kernel = "int8-weight-only"
                 self.packed, self.scale = codes, scale.to(torch.bfloat16)
         else:
+            self.kernel = "int4"
             groups = weight.view(weight.shape[0], -1, INT4_GROUP)
             low, high = groups.amin(dim=2), groups.amax(dim=2)
             scale = ((high - low) / 15).clamp(min=1e-8)
             codes = ((groups - low.unsqueeze(2)) / scale.unsqueeze(2)).round().clamp(0, 15)
             self.packed = torch._convert_weight_to_int4pack_for_cpu(codes.view_as(weight).to(torch.int32), 1)
-            # The kernel computes (code - 8) * scale + zero.
+            # The kernel computes (code - 8) * scale + zero; scale and zero side by side.
             zero = low + 8 * scale
-            self.scale_and_zero = torch.stack([scale, zero], dim=2).transpose(0, 1).contiguous().to(torch.bfloat16)
+            self.scale = torch.stack([scale, zero], dim=2).transpose(0, 1).contiguous().to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor, quantized_rows: int) -> torch.Tensor:
+        """The first `quantized_rows` rows of x (decode tokens) use the quantized weights, the
+        others the dense ones."""
+        if self.kernel == "dense" or quantized_rows == 0:
+            return self._dense(x)
+        if quantized_rows < x.shape[0]:
+            return torch.cat([self._quantized(x[:quantized_rows]), self._dense(x[quantized_rows:])])
+        return self._quantized(x)
 
     def _dense(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] == 1:
@@ -83,31 +106,30 @@ class Linear:
             return F.linear(x.expand(2, -1), self.dense, self.bias)[:1]
         return F.linear(x, self.dense, self.bias)
 
-    def __call__(self, x: torch.Tensor, quantized_rows: int) -> torch.Tensor:
-        """The first `quantized_rows` rows of x (decode tokens) use the quantized weights, the
-        others the dense ones."""
-        if self.mode is Quantization.NONE or quantized_rows == 0:
-            return self._dense(x)
-        if quantized_rows < x.shape[0]:
-            return torch.cat([self(x[:quantized_rows], quantized_rows), self._dense(x[quantized_rows:])])
-        if self.mode is Quantization.INT8:
-            if self.int8_activations:
-                y = _int8_product(x, self.packed, self.scale, self.zero_points)
-            else:
-                y = torch._weight_int8pack_mm(x, self.packed, self.scale)
+    def _quantized(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "int8":
+            y = _int8_product(x, self.packed, self.scale, self.zero_points, self.activation_zero)
+        elif self.kernel == "int8-weight-only":
+            y = torch._weight_int8pack_mm(x, self.packed, self.scale)
         else:
-            y = torch._weight_int4pack_mm_for_cpu(x, self.packed, INT4_GROUP, self.scale_and_zero)
-        return y if self.bias is None else y + self.bias
+            y = torch._weight_int4pack_mm_for_cpu(x, self.packed, self.int4_group, self.scale)
+        bias = self.bias
+        return y if bias is None else y + bias
 
 
-def _int8_product(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor) -> torch.Tensor:
+def _int8_product(
+    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero_points: torch.Tensor, activation_zero: int
+) -> torch.Tensor:
     """x [rows, in] times int8 weights prepacked for oneDNN, with per-channel `scale`. Each row
-    is quantized with its own step (its largest magnitude / 127); the integer sums come back
-    multiplied by the weight scales, then by the row's step."""
+    is quantized with its own step (its largest magnitude / 127), to uint8 codes around
+    `activation_zero`; the integer sums come back multiplied by the weight scales, then by the
+    row's step."""
     step = x.abs().amax(dim=1, keepdim=True).float().clamp_(min=1e-8).div_(127)
-    codes = (x.float() / step).round_().add_(_ACTIVATION_ZERO).to(torch.uint8)
+    codes = (x.float() / step).round_().add_(activation_zero).to(torch.uint8)
+    no_post_op_args: List[Optional[Union[int, float, complex]]] = []  # a list of Scalar?
     y = torch.ops.onednn.qlinear_pointwise(
-        codes, 1.0, _ACTIVATION_ZERO, packed, scale, zero_points, None, 1.0, 0, torch.float32, "none", [], ""
+        codes, 1.0, activation_zero, packed, scale, zero_points, None, 1.0, 0, torch.float32, "none",
+        no_post_op_args, "",
     )
     return y.mul_(step).to(x.dtype)
 
@@ -119,7 +141,7 @@ def _onednn_int8_works() -> bool:
     x = torch.tensor([[127.0, -127.0, 64.0, 3.0]])  # a step of 1: the codes are x itself
     try:
         packed = torch.ops.onednn.qlinear_prepack(weight, None)
-        y = _int8_product(x, packed, torch.ones(3), torch.zeros(3, dtype=torch.long))
+        y = _int8_product(x, packed, torch.ones(3), torch.zeros(3, dtype=torch.long), _ACTIVATION_ZERO)
     except (RuntimeError, AttributeError):
         return False
     return torch.equal(y, x @ weight.float().T)
