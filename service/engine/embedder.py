@@ -1,14 +1,16 @@
-"""Sentence embeddings: encoder forward, pooling, optional truncation and L2 normalization.
+"""Sentence embeddings: batches of concurrent calls through an encoder (see encoder.py), then
+optional truncation and L2 normalization.
 
 Forward passes run on one dedicated thread, never on the event loop. Concurrent calls are merged
 (dynamic batching): the thread takes every call waiting, waits up to `max_wait_s` for more while
 the batch is short of `max_batch` inputs, sorts all the inputs by length, runs them in forward
 passes of at most `forward_batch` and hands each call its rows.
 
-Why forward passes smaller than the merged batch: padding. Sorted sentences in passes of 16 pad
-~13% where a pass of 32 pads ~30% (bench sentences), and on CPU a pass of 16 short sentences
-already keeps the matrix units busy: measured 350 sentences/s against 255-293/s in passes of 32
-(all-MiniLM-L6-v2, 2 cores).
+Why forward passes smaller than the merged batch, for encoders that pad (transformers'
+forward; the lean BERT encoder packs its tokens and takes the whole batch at once): sorted
+sentences in passes of 16 pad ~13% where a pass of 32 pads ~30% (bench sentences), and on CPU a
+pass of 16 short sentences already keeps the matrix units busy: measured 350 sentences/s against
+255-293/s in passes of 32 (all-MiniLM-L6-v2, 2 cores).
 
 Threads on CPU: every core for a batch of one call; all cores but one for merged calls, whose
 clients keep the event loop and the bridge busy meanwhile. With 64 clients sending one sentence
@@ -25,6 +27,8 @@ import time
 from dataclasses import dataclass
 
 import torch
+
+from service.engine.encoder import Encoder
 
 
 @dataclass
@@ -52,26 +56,20 @@ class _Call:
 class Embedder:
     def __init__(
         self,
-        model: torch.nn.Module,
+        encoder: Encoder,
         device: torch.device,
         *,
-        pad_token_id: int,
-        pooling: str = "mean",
         normalize: bool = True,
         max_batch: int = 32,
-        forward_batch: int | None = None,
         max_wait_s: float = 0.002,
     ) -> None:
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"unsupported pooling {pooling!r}")
-        self.model = model
+        self.encoder = encoder
         self.device = device
-        self.pooling = pooling
         self.normalize_by_default = normalize
-        self._pad = pad_token_id
         self._max_batch = max_batch
-        # Default: 16 on CPU (see the module's docstring); a GPU gains from wider passes.
-        self._forward_batch = forward_batch or (16 if device.type == "cpu" else max_batch)
+        # Passes of 16 on CPU when the encoder pads (see the module's docstring); a GPU gains
+        # from wider passes.
+        self._forward_batch = 16 if encoder.pads and device.type == "cpu" else max_batch
         self._max_wait_s = max_wait_s
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="tokenwire-embed", daemon=True)
@@ -137,22 +135,6 @@ class Embedder:
         out: list[torch.Tensor | None] = [None] * len(inputs)
         for start in range(0, len(order), self._forward_batch):
             chunk = order[start : start + self._forward_batch]
-            for i, vector in zip(chunk, self._embed_batch([inputs[i] for i in chunk])):
+            for i, vector in zip(chunk, self.encoder([inputs[i] for i in chunk]).cpu()):
                 out[i] = vector
         return torch.stack(out)  # type: ignore[arg-type]
-
-    def _embed_batch(self, batch: list[list[int]]) -> torch.Tensor:
-        width = max(len(ids) for ids in batch)
-        ids = torch.full((len(batch), width), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, tokens in enumerate(batch):
-            ids[row, : len(tokens)] = torch.tensor(tokens)
-            mask[row, : len(tokens)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        return pooled.cpu()

@@ -11,7 +11,6 @@ Weights are taken from a loaded transformers model, so both run the same numbers
 """
 import os
 import sys
-import warnings
 from typing import Final, List, NamedTuple, Optional
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from service.engine.kv_cache import SlotCache
 from service.engine.quantized import Linear, Quantization
+from service.engine.torchscript import script
 from service.engine.types import StepEntry
 
 _SUPPORTED_TYPES = {"llama", "qwen2", "mistral"}
@@ -141,13 +141,10 @@ class LlamaRunner:
     """Runs steps of mixed prompt chunks and decode tokens against a SlotCache (see
     runner.ModelRunner for the interface).
 
-    The forward pass runs as TorchScript: one call from Python, and the whole step, index
-    tensors included, runs in C++ with the GIL released once. Run op by op from Python, every op
-    hands the GIL over and must win it back from the worker's event loop, which streams the last
-    step's tokens out meanwhile: with 1 ms of Python per token on the loop, a one-row decode
-    step took 12.5-13.8 ms op by op and 10.3-10.9 ms compiled (1 thread). torch.compile keeps a
-    Python wrapper around its kernels and needs a C++ toolchain at run time; TorchScript is
-    deprecated in torch but built in."""
+    The forward pass runs as TorchScript (see torchscript.py): the whole step, index tensors
+    included, in one call with the GIL released. With 1 ms of Python per token on the worker's
+    event loop, a one-row decode step took 12.5-13.8 ms op by op and 10.3-10.9 ms compiled
+    (1 thread)."""
 
     def __init__(
         self,
@@ -163,9 +160,7 @@ class LlamaRunner:
         self.device = next(model.parameters()).device
         self.dtype = dtype or next(model.parameters()).dtype
         forward = _Forward(model, self.dtype, quantization, max_length)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
-            self._forward = torch.jit.script(forward)
+        self._forward = script(forward)
         self.cache = SlotCache(
             layers=len(forward.layers),
             slots=slots,
@@ -179,10 +174,8 @@ class LlamaRunner:
         # On CPU, decode steps (memory-bound) run on the configured threads, and steps with a
         # prompt chunk (compute-bound) on every core.
         self._cpu_threads = {False: torch.get_num_threads(), True: len(os.sched_getaffinity(0))}
-        # TorchScript profiles the first call and optimizes the graph at the second (about a
-        # second each for 30 layers): done here, not in the first request.
         slot = self.allocate()
-        for start in range(2):
+        for start in range(2):  # see torchscript.py
             self.step([StepEntry(slot=slot, token_ids=[0], start=start)])
         self.release(slot)
 

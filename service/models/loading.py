@@ -14,6 +14,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 from service.config import Price, WorkerSettings
 from service.engine.constraints import ConstraintCompiler
 from service.engine.embedder import Embedder
+from service.engine.encoder import create_encoder
 from service.engine.engine import GenerationEngine
 from service.engine.quantized import Quantization
 from service.engine.runner import create_runner
@@ -140,9 +141,8 @@ def load_embedding_model(spec: str, settings: WorkerSettings) -> EmbeddingModel:
         **_prices(settings, source.model_id),
         embedding_dimension=model.config.hidden_size,
     )
-    embedder = Embedder(
-        model, device, pad_token_id=tokenizer.pad_token_id or 0, pooling=pooling, normalize=normalize
-    )
+    encoder = create_encoder(model, pooling=pooling, pad_token_id=tokenizer.pad_token_id or 0)
+    embedder = Embedder(encoder, device, normalize=normalize)
     return EmbeddingModel(card=card, tokenizer=tokenizer, embedder=embedder)
 
 
