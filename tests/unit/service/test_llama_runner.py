@@ -2,6 +2,9 @@
 the reference models use, and the transformers fallback for other architectures."""
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from transformers import (
@@ -14,6 +17,7 @@ from transformers import (
 )
 
 from service.engine.llama import LlamaRunner
+from service.engine.quantized import Quantization
 from service.engine.runner import TransformersRunner, create_runner
 from service.engine.types import StepEntry
 
@@ -145,3 +149,16 @@ def test_the_fallback_runs_decode_rows_as_one_batch_with_their_solo_tokens(confi
         positions = [position + 1 for position in positions]
     assert tokens == solo
     assert forwards == [1, 1, 1] + [3] * 10  # prompts one by one, then every decode step batched
+
+
+@pytest.mark.parametrize("quantization", list(Quantization))
+def test_the_runner_keeps_none_of_the_loaded_weights(quantization):
+    """The loaded (float32) model is dropped once the runner has its own copies: quantizing must
+    not leave autograd records that hold the original weights."""
+    model = _random_model(VARIANTS["gqa"])
+    original = weakref.ref(model.model.layers[0].mlp.gate_proj.weight)
+    runner = create_runner(model, slots=2, max_length=64, dtype=torch.bfloat16, quantization=quantization)
+    del model
+    gc.collect()
+    assert original() is None
+    assert runner.step([StepEntry(runner.allocate(), [1, 2, 3], 0)]).shape == (1, 256)
