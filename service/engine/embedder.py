@@ -12,10 +12,13 @@ sentences in passes of 16 pad ~13% where a pass of 32 pads ~30% (bench sentences
 pass of 16 short sentences already keeps the matrix units busy: measured 350 sentences/s against
 255-293/s in passes of 32 (all-MiniLM-L6-v2, 2 cores).
 
-Threads on CPU: every core for a batch of one call; all cores but one for merged calls, whose
-clients keep the event loop and the bridge busy meanwhile. With 64 clients sending one sentence
-each, that measured 155-190 sentences/s against 103-148/s on every core (2 cores, three A/B
-rounds); 32 sentences per request did not change (303-367/s against 308-352/s).
+Threads on CPU: every core for a lone call; all cores but one under load (merged calls, or
+calls that arrived while the last batch ran), whose clients keep the event loop and the bridge
+busy meanwhile. With 64 clients sending one sentence each, merged calls on one core measured
+155-190 sentences/s against 103-148/s on both (2 cores, three A/B rounds); 32 sentences per
+request did not change (303-367/s against 308-352/s). A lone call between merged ones took 16 ms
+on both cores for one sentence, against ~4 ms per sentence in merged batches on one; giving it
+one core too measured a median of 158 sentences/s against 136/s (three A/B rounds of 4 runs).
 """
 from __future__ import annotations
 
@@ -92,10 +95,12 @@ class Embedder:
         self._calls.put(None)
 
     def _serve(self) -> None:
+        arrived_meanwhile = False  # whether calls came in while the last batch ran
         while (first := self._calls.get()) is not None:
             calls, closing = self._gather(first)
             try:
-                pooled = self._embed_all([ids for call in calls for ids in call.inputs], merged=len(calls) > 1)
+                inputs = [ids for call in calls for ids in call.inputs]
+                pooled = self._embed_all(inputs, under_load=len(calls) > 1 or arrived_meanwhile)
             except Exception as error:  # fails the calls of this batch, not the embedder
                 for call in calls:
                     call.resolve(error)
@@ -104,6 +109,7 @@ class Embedder:
                 for call in calls:
                     call.resolve(pooled[start : start + len(call.inputs)])
                     start += len(call.inputs)
+            arrived_meanwhile = not self._calls.empty()
             if closing:
                 return
 
@@ -123,14 +129,14 @@ class Embedder:
         return calls, False
 
     @torch.inference_mode()
-    def _embed_all(self, inputs: list[list[int]], merged: bool) -> torch.Tensor:
+    def _embed_all(self, inputs: list[list[int]], under_load: bool) -> torch.Tensor:
         if self.device.type == "cpu":
-            # Compute-bound: every core while one caller waits. When calls are merged, more are
-            # arriving meanwhile, and the event loop (and the bridge) need a core to take them:
-            # a thread pool that waits for a busy core at every operation is slower than a
-            # smaller one.
+            # Compute-bound: every core while one caller waits. Under load (calls merged, or
+            # arriving while the last batch ran), more calls come in meanwhile, and the event
+            # loop (and the bridge) need a core to take them: a thread pool that waits for a
+            # busy core at every operation is slower than a smaller one.
             cores = len(os.sched_getaffinity(0))
-            torch.set_num_threads(max(1, cores - 1) if merged else cores)
+            torch.set_num_threads(max(1, cores - 1) if under_load else cores)
         order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
         out: list[torch.Tensor | None] = [None] * len(inputs)
         for start in range(0, len(order), self._forward_batch):
