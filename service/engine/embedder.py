@@ -98,18 +98,18 @@ class Embedder:
         arrived_meanwhile = False  # whether calls came in while the last batch ran
         while (first := self._calls.get()) is not None:
             calls, closing = self._gather(first)
+            inputs = [ids for call in calls for ids in call.inputs]
+            pooled: torch.Tensor | Exception
             try:
-                inputs = [ids for call in calls for ids in call.inputs]
                 pooled = self._embed_all(inputs, under_load=len(calls) > 1 or arrived_meanwhile)
             except Exception as error:  # fails the calls of this batch, not the embedder
-                for call in calls:
-                    call.resolve(error)
-            else:
-                start = 0
-                for call in calls:
-                    call.resolve(pooled[start : start + len(call.inputs)])
-                    start += len(call.inputs)
+                pooled = error
+            # Looked at before the batch's callers get their rows and can send their next call.
             arrived_meanwhile = not self._calls.empty()
+            start = 0
+            for call in calls:
+                call.resolve(pooled if isinstance(pooled, Exception) else pooled[start : start + len(call.inputs)])
+                start += len(call.inputs)
             if closing:
                 return
 
