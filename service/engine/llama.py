@@ -142,9 +142,9 @@ class LlamaRunner:
     runner.ModelRunner for the interface).
 
     The forward pass runs as TorchScript (see torchscript.py): the whole step, index tensors
-    included, in one call with the GIL released. With 1 ms of Python per token on the worker's
-    event loop, a one-row decode step took 12.5-13.8 ms op by op and 10.3-10.9 ms compiled
-    (1 thread)."""
+    included, in one call with the GIL released. Measured with the engine in process and 1 ms
+    of Python per token on its consumer's event loop: a one-row decode step's forward took
+    12.5-13.8 ms op by op and 10.3-10.9 ms compiled (1 thread)."""
 
     def __init__(
         self,
@@ -305,7 +305,7 @@ def _plan(entries: list[StepEntry], sizes: list[int], capacity: int) -> _Attenti
 class _AttentionTensors(NamedTuple):
     """The index tensors and masks of an _AttentionPlan."""
 
-    rows: torch.Tensor  # _DecodeRows.rows
+    rows: torch.Tensor  # _DecodeRows.rows (empty when packed: the rows are then a slice)
     slots: torch.Tensor
     positions: torch.Tensor  # where each decode row's new key and value go
     span_rows: torch.Tensor  # each decode row's index inside the window
@@ -323,9 +323,9 @@ def _attention_tensors(plan: _AttentionPlan, device: torch.device) -> _Attention
             mask = torch.arange(end, device=device).unsqueeze(0) <= query_positions
         chunk_masks.append(mask)
     decode = plan.decode
+    empty = torch.empty(0, dtype=torch.long, device=device)
     if decode is None:
-        none = torch.empty(0, dtype=torch.long, device=device)
-        return _AttentionTensors(none, none, none, none, none, chunk_masks)
+        return _AttentionTensors(empty, empty, empty, empty, empty, chunk_masks)
     slots = torch.tensor(decode.slots, dtype=torch.long, device=device)
     ends = torch.tensor(decode.ends, dtype=torch.long, device=device)
     span_rows = slots - decode.first_slot
@@ -335,7 +335,7 @@ def _attention_tensors(plan: _AttentionPlan, device: torch.device) -> _Attention
     window_ends[span_rows] = ends
     masked = torch.arange(decode.length, device=device).unsqueeze(0) >= window_ends.unsqueeze(1)
     return _AttentionTensors(
-        rows=torch.tensor(decode.rows, dtype=torch.long, device=device),
+        rows=empty if decode.packed else torch.tensor(decode.rows, dtype=torch.long, device=device),
         slots=slots,
         positions=ends - 1,
         span_rows=span_rows,
