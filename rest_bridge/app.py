@@ -91,6 +91,10 @@ def create_app(settings: BridgeSettings) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # Starlette would answer `/v1/chat/completions/` with an empty 307 to the slashless path, which
+    # clients do not all follow for a POST (nor behind a proxy that rewrites the host): like any
+    # unknown path, it is a 404 in the envelope, as OpenAI answers it.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.upstream = upstream
     return app

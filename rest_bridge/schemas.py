@@ -2,21 +2,43 @@
 
 Unknown fields are accepted and ignored; known OpenAI features that are not implemented yet are
 rejected with a 400 naming the parameter, never silently dropped. Fields default to None so that
-"not sent" stays distinguishable from any value (unset means the model's default).
+"not sent" stays distinguishable from any value (unset means the model's default). Known fields
+take JSON types strictly, as OpenAI's validation does: no booleans or numeric strings for numbers,
+no 0/1 or "true" for booleans.
 """
 from __future__ import annotations
 
 import json
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from rest_bridge.errors import CUSTOM_ERROR_TYPE
 
 _UINT32_MAX = 2**32 - 1
-UInt32 = Annotated[int, Field(ge=0, le=_UINT32_MAX)]
-PositiveUInt32 = Annotated[int, Field(ge=1, le=_UINT32_MAX)]
+
+
+def _whole_number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# JSON has one number type: like OpenAI's (JSON Schema) validation, 5.0 is an integer there.
+Int = Annotated[int, BeforeValidator(_whole_number)]
+UInt32 = Annotated[Int, Field(ge=0, le=_UINT32_MAX)]
+PositiveUInt32 = Annotated[Int, Field(ge=1, le=_UINT32_MAX)]
+# JSON object keys are strings: logit_bias's token ids are parsed from them.
+TokenIdKey = Annotated[int, Strict(False), Field(ge=0, le=_UINT32_MAX)]
 LogitBias = Annotated[float, Field(ge=-100, le=100)]
 # A prompt after normalization: text or token ids.
 Prompt = str | list[int]
@@ -29,6 +51,13 @@ def request_error(message: str, param: str | None = None) -> PydanticCustomError
 
 def unsupported(param: str, what: str | None = None) -> PydanticCustomError:
     return request_error(f"{what or repr(param)} is not supported yet.", param)
+
+
+def missing(model: BaseModel, field: str) -> ValidationError:
+    """A "missing" error for a field that `model` needs; raised in its validator, pydantic puts the
+    model's own location in front (`messages[2].tool_call_id`)."""
+    details = InitErrorDetails(type="missing", loc=(field,), input=model)
+    return ValidationError.from_exception_data(type(model).__name__, [details])
 
 
 def _is_token_id(value: Any) -> bool:
@@ -54,7 +83,7 @@ def _prompt_list(value: Any, param: str) -> list[Prompt]:
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class FunctionCall(_Body):
@@ -74,8 +103,16 @@ class ToolCall(_Body):
     function: FunctionCall
 
 
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+_TEXT_PARTS = TypeAdapter(list[TextPart])
+
+
 class ChatMessage(_Body):
-    role: Literal["system", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
@@ -86,15 +123,14 @@ class ChatMessage(_Body):
     def _join_text_parts(cls, value: Any) -> Any:
         if not isinstance(value, list):
             return value
-        texts = []
         for part in value:
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            if kind != "text" or not isinstance(part.get("text"), str):
+            if kind != "text":
                 raise request_error(
                     f"Content parts of type {kind!r} are not supported yet; only 'text' parts are."
                 )
-            texts.append(part["text"])
-        return "\n".join(texts)
+        # Errors inside a part name it: messages[0].content[1].text.
+        return "\n".join(part.text for part in _TEXT_PARTS.validate_python(value))
 
     @model_validator(mode="after")
     def _content_required(self) -> ChatMessage:
@@ -104,6 +140,8 @@ class ChatMessage(_Body):
                 f"A {self.role} message in 'messages' must have a 'content' "
                 "(only an assistant message with tool_calls may leave it out)."
             )
+        if self.role == "tool" and self.tool_call_id is None:
+            raise missing(self, "tool_call_id")
         return self
 
 
@@ -126,6 +164,10 @@ class FunctionDefinition(_Body):
 class Tool(_Body):
     type: Literal["function"]
     function: FunctionDefinition
+
+
+# Like OpenAI, an empty list is refused rather than read as "no tools".
+Tools = Annotated[list[Tool], Field(min_length=1)]
 
 
 class FunctionName(_Body):
@@ -204,16 +246,16 @@ class GenerationRequest(_Body):
     max_completion_tokens: PositiveUInt32 | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    n: Annotated[Int, Field(ge=1, le=128)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    top_k: Annotated[int, Field(ge=0, le=999)] | None = None
+    top_k: Annotated[Int, Field(ge=0, le=999)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     repetition_penalty: Annotated[float, Field(ge=0.01, le=5)] | None = None
-    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
-    logit_bias: dict[UInt32, LogitBias] | None = None
+    seed: Annotated[Int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
+    logit_bias: dict[TokenIdKey, LogitBias] | None = None
     stop: list[str] | None = None
     user: str | None = None
     # Extras of vLLM and other servers.
@@ -239,6 +281,14 @@ class GenerationRequest(_Body):
         if isinstance(value, str):
             return [value]
         raise request_error("'stop' must be a string or a list of strings.", "stop")
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> GenerationRequest:
+        if self.stream_options is not None and not self.stream:
+            raise request_error(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_output_constraint(self) -> GenerationRequest:
@@ -289,8 +339,8 @@ class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     add_generation_prompt: bool | None = None
     logprobs: bool | None = None
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: list[Tool] | None = None
+    top_logprobs: Annotated[Int, Field(ge=0, le=20)] | None = None
+    tools: Tools | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     # Known OpenAI features, rejected until implemented.
@@ -348,12 +398,12 @@ class ChatCompletionRequest(GenerationRequest):
 class CompletionRequest(GenerationRequest):
     prompt: list[Prompt]
     # The sampled token's logprob plus this many alternatives (the legacy completions shape).
-    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
+    logprobs: Annotated[Int, Field(ge=0, le=5)] | None = None
     # The prompt comes first in each choice's text (and its tokens first in logprobs).
     echo: bool | None = None
     # Known OpenAI features, rejected until implemented.
     suffix: str | None = None
-    best_of: Annotated[int, Field(ge=1)] | None = None
+    best_of: Annotated[Int, Field(ge=1)] | None = None
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -392,7 +442,7 @@ class TokenizeRequest(_Body):
     add_generation_prompt: bool | None = None
     return_token_strs: bool = False
     # With messages: rendered as chat completions render them, so the counts agree.
-    tools: list[Tool] | None = None
+    tools: Tools | None = None
 
     @model_validator(mode="after")
     def _one_input(self) -> TokenizeRequest:
@@ -406,3 +456,5 @@ class TokenizeRequest(_Body):
 class DetokenizeRequest(_Body):
     model: str | None = None
     tokens: list[UInt32]
+    # Unset: special tokens are kept, as vLLM's /detokenize keeps them.
+    skip_special_tokens: bool | None = None

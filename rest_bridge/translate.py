@@ -281,7 +281,9 @@ def tokenize_request(body: schemas.TokenizeRequest) -> tokenization_pb2.Tokenize
 
 
 def detokenize_request(body: schemas.DetokenizeRequest) -> tokenization_pb2.DetokenizeRequest:
-    return tokenization_pb2.DetokenizeRequest(model=body.model or "", token_ids=body.tokens)
+    request = tokenization_pb2.DetokenizeRequest(model=body.model or "", token_ids=body.tokens)
+    _set_sent(request, {"skip_special_tokens": body.skip_special_tokens})
+    return request
 
 
 # Responses.
@@ -387,7 +389,8 @@ class CompletionLogprobs(_ChoiceLogprobs):
     sampled token included) and text_offset, which counts on across chunks.
 
     Offsets are in characters of the choice's text (echoed prompt included); a token that starts
-    inside a multi-byte character gets that character's offset.
+    inside a multi-byte character gets that character's offset, and one the text leaves out (a
+    special token under skip_special_tokens) the offset of what follows.
     """
 
     def __init__(self) -> None:
@@ -400,7 +403,8 @@ class CompletionLogprobs(_ChoiceLogprobs):
         for entry in self._take():
             shaped["tokens"].append(entry.token)
             shaped["text_offset"].append(self._chars)
-            self._chars += len(self._utf8.decode(entry.bytes))
+            if not entry.skipped:  # a special token the text leaves out
+                self._chars += len(self._utf8.decode(entry.bytes))
             if not entry.HasField("logprob"):  # the first prompt token: nothing precedes it
                 shaped["token_logprobs"].append(None)
                 shaped["top_logprobs"].append(None)

@@ -3,11 +3,12 @@ the generation flow of chat and completions (unary or streamed)."""
 from __future__ import annotations
 
 import asyncio
-import json
+import codecs
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 import grpc
+import pydantic_core
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,10 +24,6 @@ Result = TypeVar("Result")
 
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 async def _read_body(request: Request) -> bytes:
@@ -51,9 +48,14 @@ async def parse_body(request: Request, schema: type[Body]) -> Body:
         raise APIError(400, f"Unsupported content type {content_type!r}; send a JSON body (application/json).")
     raw = await _read_body(request)
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError):
-        raise APIError(400, "We could not parse the JSON body of your request; it must be valid JSON.") from None
+        # Unlike json.loads, pydantic's parser does not recurse in Python: nesting deeper than its
+        # limit (200 levels) is a parse error, not a RecursionError here or in any later step.
+        # It also refuses NaN and Infinity (not JSON) and lone surrogates (not UTF-8); a UTF-8 byte
+        # order mark, which RFC 8259 lets parsers ignore, is ignored as json.loads ignores it.
+        data = pydantic_core.from_json(raw.removeprefix(codecs.BOM_UTF8), allow_inf_nan=False)
+    except ValueError as error:
+        message = f"We could not parse the JSON body of your request ({error}); it must be valid JSON."
+        raise APIError(400, message) from None
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.")
     try:

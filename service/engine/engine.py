@@ -394,6 +394,8 @@ class GenerationEngine:
             return None
         new_from = len(seq.text)
         seq.text += new_text
+        if len(seq.row.output_ids) < seq.request.stopping.min_new_tokens:
+            return None  # as in vLLM, stop strings count from min_new_tokens on, like stop tokens
         match = seq.stops.find(seq.text, new_from)
         if match is None:
             return None

@@ -24,11 +24,10 @@ class StopStringMatcher:
 
     def find(self, text: str, new_from: int) -> StopMatch | None:
         """Earliest stop string in `text` that ends after position `new_from` (the new text)."""
-        start = max(0, new_from - self._longest + 1)
         best: StopMatch | None = None
         best_at = len(text) + 1
         for stop in self._stops:
-            at = text.find(stop, start)
+            at = text.find(stop, max(0, new_from - len(stop) + 1))
             if at != -1 and at < best_at:
                 best_at = at
                 end = at + len(stop) if self._include else at

@@ -55,6 +55,8 @@ class TokenTexts:
         self._metaspace = bool(decoders & {"Metaspace", "Replace"})
         added = getattr(tokenizer, "added_tokens_decoder", None) or {}
         self._added = {token_id: str(token) for token_id, token in added.items()}
+        # What decoding with skip_special_tokens leaves out.
+        self.special_ids = frozenset(token_id for token_id, token in added.items() if getattr(token, "special", False))
         self._cache: dict[int, tuple[str, bytes]] = {}
 
     def __call__(self, token_id: int) -> tuple[str, bytes]:

@@ -1,6 +1,8 @@
 """tokenwire.v1.Embedding: validate and tokenize → embedder → protobuf vectors."""
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import numpy as np
 
@@ -34,9 +36,10 @@ def _input_ids(request: embedding_pb2.EmbedRequest, model: EmbeddingModel) -> li
             raise InvalidRequest(f"{field} is empty: set text or token_ids.", field=field)
         if len(ids) > context:
             if not request.truncate:
+                # Worded for both APIs: REST has `input`, not `inputs`, and no truncation option.
                 raise ContextLengthExceeded(
-                    f"{field} is {len(ids)} tokens long; this model's maximum context length is "
-                    f"{context} tokens. Shorten the input or set truncate.",
+                    f"This model's maximum context length is {context} tokens. However, input {i} is "
+                    f"{len(ids)} tokens long. Please reduce the length of the input.",
                     field=field,
                 )
             ids = ids[: context - 1] + ids[-1:]  # keep the closing special token
@@ -58,7 +61,10 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServicer):
             raise InvalidRequest(
                 f"`dimensions` must be between 1 and {dimension} for this model.", field="dimensions"
             )
-        ids = _input_ids(request, model)
+        if request.encoding not in embedding_pb2.EmbeddingEncoding.values():
+            raise InvalidRequest(f"Unknown encoding {request.encoding}.", field="encoding")
+        # Tokenizing long inputs takes seconds: off the event loop, health and other calls go on.
+        ids = await asyncio.to_thread(_input_ids, request, model)
         normalize = request.normalize if request.HasField("normalize") else None
         vectors = await model.embedder.embed(ids, normalize=normalize, dimensions=dimensions)
         response = embedding_pb2.EmbedResponse(model=model.card.model_id)

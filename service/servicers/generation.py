@@ -1,6 +1,7 @@
 """tokenwire.v1.Generation: validate → engine → protobuf messages. No generation logic here."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import AsyncIterator
@@ -11,7 +12,7 @@ from service.engine.types import Finish, FinishReason, GenerationRequest, Sequen
 from service.metrics import GenerationRecorder
 from service.models.registry import GenerationModel, ModelRegistry
 from service.models.token_texts import TokenTexts
-from service.servicers.generation_request import build_generation_request, echoed_prompt
+from service.servicers.generation_request import build_generation_request, echo_skips_special_tokens, echoed_prompt
 from service.servicers.request_context import request_id
 from service.servicers.structured import merge_tool_call_deltas, output_plan
 from tokenwire.v1 import common_pb2, generation_pb2, generation_pb2_grpc
@@ -38,10 +39,14 @@ def _top_logprob(texts: TokenTexts, token_id: int, logprob: float) -> generation
     return generation_pb2.TopLogprob(token_id=token_id, token=text, bytes=raw, logprob=logprob)
 
 
-def token_logprob(texts: TokenTexts, token_id: int, scored: TokenLogprob | None) -> generation_pb2.TokenLogprob:
-    """One token's logprob message; `scored` None (the first prompt token) leaves logprob unset."""
+def token_logprob(
+    texts: TokenTexts, token_id: int, scored: TokenLogprob | None, skip_special_tokens: bool
+) -> generation_pb2.TokenLogprob:
+    """One token's logprob message; `scored` None (the first prompt token) leaves logprob unset.
+    `skip_special_tokens`: whether the text the token belongs to leaves special tokens out."""
     text, raw = texts(token_id)
-    message = generation_pb2.TokenLogprob(token_id=token_id, token=text, bytes=raw)
+    skipped = skip_special_tokens and token_id in texts.special_ids
+    message = generation_pb2.TokenLogprob(token_id=token_id, token=text, bytes=raw, skipped=skipped)
     if scored is not None:
         message.logprob = scored.logprob
         message.top_logprobs.extend(_top_logprob(texts, top_id, lp) for top_id, lp in scored.top)
@@ -105,7 +110,10 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         engine."""
         model = self._registry.generation(request.model)
         output = await output_plan(request, model)
-        engine_request = build_generation_request(request, model, request_id(context, request.request_id), output)
+        # Tokenizing a long prompt takes seconds: off the event loop, health and other calls go on.
+        engine_request = await asyncio.to_thread(
+            build_generation_request, request, model, request_id(context, request.request_id), output
+        )
         tool_calls = output.tool_call_reader()
         prompt_text = echoed_prompt(request, model.tokenizer, engine_request.prompt_ids) if request.echo else ""
         texts = self._texts(model) if request.HasField("logprobs") else None
@@ -124,10 +132,14 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
                 if tool_calls is not None:
                     update, extras.tool_calls, extras.finished_with_tool_calls = tool_calls.read(update)
                 if texts is not None:
-                    extras.logprobs = [token_logprob(texts, lp.token_id, lp) for lp in update.logprobs]
+                    extras.logprobs = [
+                        token_logprob(texts, lp.token_id, lp, engine_request.skip_special_tokens)
+                        for lp in update.logprobs
+                    ]
                     if update.prompt_logprobs is not None:
+                        skip = echo_skips_special_tokens(request)
                         extras.prompt_logprobs = [
-                            token_logprob(texts, token_id, scored)
+                            token_logprob(texts, token_id, scored, skip)
                             for token_id, scored in zip(engine_request.prompt_ids, update.prompt_logprobs)
                         ]
                 yield update, extras

@@ -10,6 +10,7 @@ from typing import Any
 
 from service.engine.types import GenerationRequest, SamplingParams, StoppingParams
 from service.errors import ContextLengthExceeded, InvalidRequest
+from service.models.prompting import min_token_count
 from service.models.registry import GenerationModel
 from service.servicers.prompt_input import generation_prompt_ids
 from service.servicers.structured import OutputPlan
@@ -25,8 +26,9 @@ def _optional(message: Any, name: str, default: Any) -> Any:
 
 
 def _check_range(value: float, low: float, high: float, field: str, *, low_open: bool = False) -> None:
-    below = value <= low if low_open else value < low
-    if below or value > high:
+    # Written as "inside" so that NaN, which fails every comparison, is out of range.
+    inside = low < value <= high if low_open else low <= value <= high
+    if not inside:
         interval = f"{'(' if low_open else '['}{low}, {high}]"
         raise InvalidRequest(f"`{field.split('.')[-1]}` must be in {interval}, got {value}.", field=field)
 
@@ -57,19 +59,25 @@ def _sampling(request: generation_pb2.GenerateRequest, model: GenerationModel) -
     return params
 
 
+def _check_room(context: int, prompt_tokens: int, *, at_least: bool = False) -> None:
+    """ContextLengthExceeded when the prompt (`at_least`: a lower bound of its length) leaves no
+    room for the completion."""
+    if prompt_tokens >= context:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context} tokens. However, your prompt is "
+            f"{'at least ' if at_least else ''}{prompt_tokens} tokens long, which leaves no room for "
+            f"the completion. Please reduce the length of the prompt.",
+            field="prompt",
+        )
+
+
 def _stopping(
     request: generation_pb2.GenerateRequest, model: GenerationModel, prompt_tokens: int
 ) -> StoppingParams:
     st = request.stopping
     context = model.card.context_length
+    _check_room(context, prompt_tokens)
     room = context - prompt_tokens
-    if room <= 0:
-        raise ContextLengthExceeded(
-            f"This model's maximum context length is {context} tokens. However, your prompt is "
-            f"{prompt_tokens} tokens long, which leaves no room for the completion. Please reduce "
-            f"the length of the prompt.",
-            field="prompt",
-        )
     max_new = _optional(st, "max_new_tokens", room)
     if max_new < 1:
         raise InvalidRequest("`max_new_tokens` must be at least 1.", field="stopping.max_new_tokens")
@@ -115,13 +123,16 @@ def _logprobs(request: generation_pb2.GenerateRequest) -> tuple[int | None, int 
     return top, top if request.logprobs.prompt_logprobs else None
 
 
+def echo_skips_special_tokens(request: generation_pb2.GenerateRequest) -> bool:
+    """Whether the echoed prompt leaves special tokens out: only decoded token ids do."""
+    return request.WhichOneof("prompt") == "token_ids" and _optional(request.response, "skip_special_tokens", True)
+
+
 def echoed_prompt(request: generation_pb2.GenerateRequest, tokenizer: Any, prompt_ids: tuple[int, ...]) -> str:
     """The prompt as `echo` returns it: text as sent, token ids decoded, chat as rendered."""
-    kind = request.WhichOneof("prompt")
-    if kind == "text":
+    if request.WhichOneof("prompt") == "text":
         return request.text
-    skip_special = kind == "token_ids" and _optional(request.response, "skip_special_tokens", True)
-    return tokenizer.decode(list(prompt_ids), skip_special_tokens=skip_special)
+    return tokenizer.decode(list(prompt_ids), skip_special_tokens=echo_skips_special_tokens(request))
 
 
 def build_generation_request(
@@ -130,13 +141,19 @@ def build_generation_request(
     request_id: str,
     output: OutputPlan | None = None,
 ) -> GenerationRequest:
-    """`output`: the request's structured output and tools, from structured.output_plan()."""
+    """`output`: the request's structured output and tools, from structured.output_plan().
+
+    Tokenizes the prompt, which takes seconds for megabytes of text: call it off the event loop.
+    A text prompt that cannot fit the context is refused before that (exact lower bound).
+    """
     output = output or OutputPlan()
     n = _optional(request.sampling, "n", 1)
     if not 1 <= n <= MAX_N:
         raise InvalidRequest(f"`n` must be between 1 and {MAX_N}, got {n}.", field="sampling.n")
-    prompt_ids = generation_prompt_ids(request, model.tokenizer, output.prompt_tools)
     sampling = _sampling(request, model)
+    if request.WhichOneof("prompt") == "text":
+        _check_room(model.card.context_length, min_token_count(model.tokenizer, request.text), at_least=True)
+    prompt_ids = generation_prompt_ids(request, model.tokenizer, output.prompt_tools)
     stopping = _stopping(request, model, len(prompt_ids))
     seed = _optional(request.sampling, "seed", None)
     skip_special = _optional(request.response, "skip_special_tokens", True)

@@ -8,7 +8,9 @@ from service.errors import InvalidRequest
 from service.models.prompting import encode_chat, encode_text
 from tokenwire.v1 import generation_pb2
 
-CHAT_ROLES = ("system", "user", "assistant", "tool")
+# Each role and the role chat templates know it by: OpenAI's "developer" is its newer name for
+# "system".
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
 
 def chat_messages(chat: generation_pb2.ChatPrompt) -> list[dict[str, Any]]:
@@ -22,7 +24,7 @@ def chat_messages(chat: generation_pb2.ChatPrompt) -> list[dict[str, Any]]:
                 f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}, not {message.role!r}.",
                 field=f"chat.messages[{i}].role",
             )
-        entry: dict[str, Any] = {"role": message.role, "content": message.content}
+        entry: dict[str, Any] = {"role": CHAT_ROLES[message.role], "content": message.content}
         if message.name:
             entry["name"] = message.name
         if message.tool_call_id:

@@ -119,3 +119,17 @@ async def test_sixteen_concurrent_streams_all_complete(async_client):
 
     results = await asyncio.gather(*(one(i) for i in range(16)))
     assert all(text and finish in ("stop", "length") for text, finish in results)
+
+
+def test_a_developer_message_is_read_as_a_system_message(client):
+    def ask(role: str):
+        return client.chat.completions.create(
+            model=CHAT_MODEL,
+            messages=[{"role": role, "content": "Answer in French only."}, {"role": "user", "content": "Say hello."}],
+            temperature=0,
+            max_tokens=12,
+        )
+
+    as_system, as_developer = ask("system"), ask("developer")
+    assert as_developer.choices[0].message.content == as_system.choices[0].message.content
+    assert as_developer.usage.prompt_tokens == as_system.usage.prompt_tokens

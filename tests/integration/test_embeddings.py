@@ -51,9 +51,13 @@ def test_dimensions_truncate_then_normalize_again(client):
     assert len(client.embeddings.create(model=EMBEDDING_MODEL, input=text, dimensions=8).data[0].embedding) == 8
 
 
-def test_token_id_inputs_embed_like_their_text(client, http):
+@pytest.mark.parametrize("add_special_tokens", [False, True])
+def test_token_id_inputs_embed_like_their_text(client, http, add_special_tokens):
+    """/tokenize's ids embed like the text, with CLS and SEP (its default) or without."""
     texts = ["hello world", "A kitten."]
-    tokenize = [{"model": EMBEDDING_MODEL, "prompt": text, "add_special_tokens": False} for text in texts]
+    tokenize = [
+        {"model": EMBEDDING_MODEL, "prompt": text, "add_special_tokens": add_special_tokens} for text in texts
+    ]
     ids = [http.post("/tokenize", json=body).json()["tokens"] for body in tokenize]
     by_text = client.embeddings.create(model=EMBEDDING_MODEL, input=texts, encoding_format="float")
     by_ids = client.embeddings.create(model=EMBEDDING_MODEL, input=ids, encoding_format="float")
@@ -62,6 +66,16 @@ def test_token_id_inputs_embed_like_their_text(client, http):
     assert by_ids.usage.prompt_tokens == by_text.usage.prompt_tokens
     single = client.embeddings.create(model=EMBEDDING_MODEL, input=ids[0], encoding_format="float")
     assert single.data[0].embedding == pytest.approx(by_text.data[0].embedding, abs=1e-5)
+
+
+def test_too_long_input_is_400_in_rest_words(http):
+    reply = http.post("/v1/embeddings", json={"model": EMBEDDING_MODEL, "input": ["hi", "word " * 300]})
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "input[1]")
+    assert "256" in error["message"]
+    # The worker's words must hold for REST: `input` (not `inputs`), and no truncation option.
+    assert "inputs" not in error["message"] and "truncate" not in error["message"]
 
 
 @pytest.mark.parametrize(

@@ -67,12 +67,44 @@ def test_chat_on_an_embedding_model_is_400(client):
         ({"model": CHAT_MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({"model": CHAT_MODEL, "messages": HI, "top_p": 0}, "top_p"),
         ({"model": CHAT_MODEL, "messages": HI, "n": 0}, "n"),
+        # Known fields take JSON types strictly (true is not 1, "5" is not 5) ...
+        ({"model": CHAT_MODEL, "messages": HI, "max_tokens": True}, "max_tokens"),
+        ({"model": CHAT_MODEL, "messages": HI, "n": True}, "n"),
+        ({"model": CHAT_MODEL, "messages": HI, "seed": True}, "seed"),
+        ({"model": CHAT_MODEL, "messages": HI, "logprobs": True, "top_logprobs": True}, "top_logprobs"),
+        ({"model": CHAT_MODEL, "messages": HI, "max_tokens": "5"}, "max_tokens"),
+        # ... and OpenAI's other rules.
+        ({"model": CHAT_MODEL, "messages": HI, "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"model": CHAT_MODEL, "messages": HI, "tools": []}, "tools"),
+        ({"model": CHAT_MODEL, "messages": [*HI, {"role": "tool", "content": "4"}]}, "messages[1].tool_call_id"),
+        ({"model": CHAT_MODEL, "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+         "messages[0].content[0].text"),
     ],
 )
 def test_invalid_bodies_are_400_never_422(http, body, param):
     response = http.post("/v1/chat/completions", json=body)
     assert response.status_code == 400
-    assert _envelope(response)["param"] == param
+    error = _envelope(response)
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
+    assert param.split("[")[0].split(".")[0] in error["message"]
+
+
+def test_deeply_nested_json_is_a_400_not_a_crash(http):
+    deep = '{"model": "%s", "messages": %s}' % (CHAT_MODEL, "[" * 1000 + "]" * 1000)
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize"):
+        response = http.post(path, content=deep, headers={"content-type": "application/json"})
+        assert response.status_code == 400, response.text
+        error = _envelope(response)
+        assert (error["type"], error["param"]) == ("invalid_request_error", None)
+        assert "could not parse the JSON body" in error["message"]
+
+
+def test_a_trailing_slash_is_a_404_envelope_not_an_empty_redirect(http):
+    for method, path in (("POST", "/v1/chat/completions/"), ("POST", "/v1/embeddings/"), ("GET", "/health/")):
+        response = http.request(method, path, json={"model": CHAT_MODEL, "messages": HI})
+        assert response.status_code == 404, (path, response.status_code)
+        error = _envelope(response)
+        assert error["message"] == f"Unknown request URL: {method} {path}." and error["param"] is None
 
 
 def test_framework_level_errors_use_the_envelope(http):

@@ -186,3 +186,84 @@ def test_embed_dimensions_token_ids_and_model_kind(channel):
         stub.Embed(embedding_pb2.EmbedRequest(model=CHAT_MODEL, inputs=[embedding_pb2.EmbedInput(text="x")]))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert _details(caught.value)["ErrorInfo"].reason == "WRONG_MODEL_KIND"
+
+
+def test_a_nan_sampling_value_is_invalid_argument(channel):
+    # Every field's check is in tests/unit/service/test_generation_request.py; this is the status.
+    request = generation_pb2.GenerateRequest(
+        text="hi",
+        stopping=generation_pb2.StoppingCriteria(max_new_tokens=2),
+        sampling=generation_pb2.SamplingParams(temperature=math.nan),
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        generation_pb2_grpc.GenerationStub(channel).Generate(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _details(caught.value)["BadRequest"].field_violations[0].field == "sampling.temperature"
+
+
+def test_unknown_embedding_encoding_is_invalid_argument(channel):
+    request = embedding_pb2.EmbedRequest(inputs=[embedding_pb2.EmbedInput(text="hello")], encoding=7)
+    with pytest.raises(grpc.RpcError) as caught:
+        embedding_pb2_grpc.EmbeddingStub(channel).Embed(request)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _details(caught.value)["BadRequest"].field_violations[0].field == "encoding"
+
+
+def test_embed_token_ids_from_tokenize_round_trip(channel):
+    """Tokenize's ids (with CLS and SEP by default) and the bare ids both embed like the text."""
+    stub = embedding_pb2_grpc.EmbeddingStub(channel)
+    tokenize = tokenization_pb2_grpc.TokenizationStub(channel).Tokenize
+    text = stub.Embed(embedding_pb2.EmbedRequest(inputs=[embedding_pb2.EmbedInput(text="hello world")]))
+    for add_special_tokens in (True, False):
+        ids = tokenize(
+            tokenization_pb2.TokenizeRequest(
+                model=EMBEDDING_MODEL, text="hello world", add_special_tokens=add_special_tokens
+            )
+        ).token_ids
+        by_ids = stub.Embed(
+            embedding_pb2.EmbedRequest(inputs=[embedding_pb2.EmbedInput(token_ids=common_pb2.TokenIds(ids=ids))])
+        )
+        assert list(by_ids.embeddings[0].values) == pytest.approx(list(text.embeddings[0].values), abs=1e-5)
+        assert by_ids.usage.prompt_tokens == text.usage.prompt_tokens == 4
+
+
+HUGE = "x " * 4_000_000  # about 8 MB: seconds to tokenize
+
+
+def _oversized_call(channel: grpc.Channel, kind: str) -> grpc.Future:
+    if kind == "embed":
+        request = embedding_pb2.EmbedRequest(inputs=[embedding_pb2.EmbedInput(text=HUGE)])
+        return embedding_pb2_grpc.EmbeddingStub(channel).Embed.future(request)
+    if kind == "chat":
+        chat = generation_pb2.ChatPrompt(messages=[generation_pb2.ChatMessage(role="user", content=HUGE)])
+        return generation_pb2_grpc.GenerationStub(channel).Generate.future(generation_pb2.GenerateRequest(chat=chat))
+    # 8 MB of spaces: as slow to tokenize, but few tokens (long whitespace tokens), so a small
+    # reply, which cannot be still on its way when the other calls are answered.
+    request = tokenization_pb2.TokenizeRequest(text=" " * 8_000_000)
+    return tokenization_pb2_grpc.TokenizationStub(channel).Tokenize.future(request)
+
+
+@pytest.mark.parametrize("kind", ["embed", "chat", "tokenize"])
+def test_an_oversized_input_does_not_stall_other_calls(channel, kind):
+    """Tokenizing runs off the worker's event loop: health checks and small requests made
+    meanwhile are answered before the big call ends."""
+    big = _oversized_call(channel, kind)
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    small = generation_pb2_grpc.GenerationStub(channel).Generate(
+        generation_pb2.GenerateRequest(text="hi", stopping=generation_pb2.StoppingCriteria(max_new_tokens=1))
+    )
+    assert health.status == health_pb2.HealthCheckResponse.SERVING and small.usage.completion_tokens == 1
+    assert not big.done()
+    if kind == "tokenize":
+        assert len(big.result().token_ids) > 8192
+    else:
+        assert big.exception().code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert _details(big.exception())["ErrorInfo"].reason == "CONTEXT_LENGTH_EXCEEDED"
+
+
+def test_an_oversized_text_prompt_is_refused_without_tokenizing(channel):
+    with pytest.raises(grpc.RpcError) as caught:
+        generation_pb2_grpc.GenerationStub(channel).Generate(generation_pb2.GenerateRequest(text=HUGE))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _details(caught.value)["ErrorInfo"].reason == "CONTEXT_LENGTH_EXCEEDED"
+    assert "at least" in caught.value.details()  # the bound, not a count

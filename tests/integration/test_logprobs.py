@@ -284,3 +284,14 @@ def test_pitfall_08_logprobs_come_in_each_endpoints_own_shape(http):
         assert all(c["logprobs"] is not None and set(c["logprobs"]) == legacy_keys for c in legacy["choices"])
         for chunk in _events(http, "/v1/completions", body):
             assert all(ch["logprobs"] is not None and set(ch["logprobs"]) == legacy_keys for ch in chunk["choices"])
+
+
+def test_text_offsets_skip_the_special_tokens_the_text_leaves_out(client):
+    # A bias forces <|im_start|> (id 1), a special token: the text leaves it out by default.
+    forced = dict(model=CHAT_MODEL, prompt="Hi", max_tokens=3, temperature=0, logit_bias={"1": 100}, logprobs=1)
+    skipped = client.completions.create(**forced).choices[0]
+    assert skipped.text == "" and skipped.logprobs.tokens == ["<|im_start|>"] * 3
+    assert skipped.logprobs.text_offset == [0, 0, 0]
+    kept = client.completions.create(**forced, extra_body={"skip_special_tokens": False}).choices[0]
+    assert kept.text == "<|im_start|>" * 3
+    _check_legacy(kept.logprobs, kept.text, 1)

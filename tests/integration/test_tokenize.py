@@ -20,6 +20,24 @@ def test_tokenize_text_and_detokenize_back(http):
     assert default["tokens"] == body["tokens"] and default["token_strs"] is None
 
 
+def test_detokenize_keeps_special_tokens_unless_asked_to_skip_them(http):
+    start, end = (
+        http.post("/tokenize", json={"model": CHAT_MODEL, "prompt": marker, "add_special_tokens": False}).json()["tokens"]
+        for marker in ("<|im_start|>", "<|im_end|>")
+    )
+    hi = http.post("/tokenize", json={"model": CHAT_MODEL, "prompt": "hi", "add_special_tokens": False}).json()["tokens"]
+    tokens = start + hi + end
+    body = {"model": CHAT_MODEL, "tokens": tokens}
+    # Like vLLM's /detokenize (and the gRPC Detokenize), special tokens are kept by default.
+    assert http.post("/detokenize", json=body).json() == {"prompt": "<|im_start|>hi<|im_end|>"}
+    assert http.post("/detokenize", json={**body, "skip_special_tokens": False}).json() == {
+        "prompt": "<|im_start|>hi<|im_end|>"
+    }
+    assert http.post("/detokenize", json={**body, "skip_special_tokens": True}).json() == {"prompt": "hi"}
+    wrong = http.post("/detokenize", json={**body, "skip_special_tokens": "yes"})
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "skip_special_tokens"
+
+
 def test_tokenize_chat_counts_the_prompt_the_model_sees(http, client):
     with_prompt = http.post("/tokenize", json={"model": CHAT_MODEL, "messages": HI}).json()
     without = http.post("/tokenize", json={"model": CHAT_MODEL, "messages": HI, "add_generation_prompt": False}).json()

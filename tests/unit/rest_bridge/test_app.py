@@ -40,13 +40,70 @@ def error_of(response: Any, status: int) -> dict[str, Any]:
     return body["error"]
 
 
+POST_ROUTES = [CHAT, "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize"]
+
+
 @pytest.mark.parametrize(
     "content",
-    [b"{", b"", b'{"model": "m",}', b"\xff\xfe", b'{"messages": NaN}'],
+    [
+        b"{",
+        b"",
+        b'{"model": "m",}',
+        b"\xff\xfe",
+        b'{"messages": NaN}',
+        b'{"temperature": Infinity}',
+        # A lone surrogate is no Unicode text (protobuf cannot encode it).
+        b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}',
+    ],
 )
 def test_malformed_json_is_a_400(client: TestClient, content: bytes) -> None:
     error = error_of(client.post(CHAT, content=content, headers={"content-type": "application/json"}), 400)
     assert error["type"] == "invalid_request_error" and error["param"] is None
+    assert error["message"].startswith("We could not parse the JSON body of your request")
+
+
+def nested(depth: int) -> str:
+    """`depth` levels of objects and lists, alternating, around a number."""
+    opening = "".join('{"a":' if level % 2 == 0 else "[" for level in range(depth))
+    return opening + "1" + "".join("}" if level % 2 == 0 else "]" for level in reversed(range(depth)))
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"a":' * 1000 + "1" + "}" * 1000,
+        "[" * 1000 + "]" * 1000,
+        # 500 levels, which json.loads parsed: validation (json.dumps of the arguments) recursed on.
+        '{"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": '
+        '{"name": "f", "arguments": %s}}]}]}' % nested(500),
+    ],
+    ids=["objects", "lists", "inside-a-valid-body"],
+)
+def test_deeply_nested_json_is_a_400_not_a_crash(client: TestClient, path: str, content: str) -> None:
+    error = error_of(client.post(path, content=content, headers={"content-type": "application/json"}), 400)
+    assert error["type"] == "invalid_request_error" and error["param"] is None
+    assert error["message"].startswith("We could not parse the JSON body of your request")
+    assert "recursion limit" in error["message"]
+
+
+def test_a_body_as_deep_as_the_parser_allows_is_validated_and_translated(client: TestClient) -> None:
+    """200 levels: validation and translation (json.dumps of arguments, parameters, schema) cope."""
+    deep = nested(194)  # inside 6 levels of body: 200 in all
+    body = (
+        '{"model": "m", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": '
+        '[{"id": "c", "function": {"name": "f", "arguments": %s}}]}, {"role": "tool", "tool_call_id": "c", '
+        '"content": "y"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": %s}}], '
+        '"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": %s}}}'
+    ) % (deep, deep, deep)
+    # Past validation and translation: the (absent) worker answers.
+    error_of(client.post(CHAT, content=body, headers={"content-type": "application/json"}), 503)
+
+
+def test_a_utf8_byte_order_mark_is_ignored(client: TestClient) -> None:
+    content = b"\xef\xbb\xbf" + b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
+    # Parsed and validated: the (absent) worker answers.
+    error_of(client.post(CHAT, content=content, headers={"content-type": "application/json"}), 503)
 
 
 @pytest.mark.parametrize("content", [b"[]", b'"text"', b"42", b"null"])
@@ -84,6 +141,15 @@ def test_validation_is_400_never_422(client: TestClient, path: str, body: dict[s
 def test_unknown_route_is_a_404_envelope(client: TestClient) -> None:
     error = error_of(client.get("/v1/nothing"), 404)
     assert "/v1/nothing" in error["message"] and error["code"] is None
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", f"{CHAT}/"), ("POST", "/tokenize/"), ("GET", "/health/")])
+def test_a_trailing_slash_is_an_unknown_route_not_a_redirect(client: TestClient, method: str, path: str) -> None:
+    """Not Starlette's empty 307: clients do not all follow it for a POST. OpenAI answers a 404."""
+    response = client.request(method, path, json={"model": "m", "messages": USER}, follow_redirects=False)
+    error = error_of(response, 404)
+    assert error["type"] == "invalid_request_error" and error["param"] is None
+    assert error["message"] == f"Unknown request URL: {method} {path}."
 
 
 def test_wrong_method_is_a_405_envelope(client: TestClient) -> None:

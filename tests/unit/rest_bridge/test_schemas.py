@@ -80,6 +80,45 @@ def test_valid_edges_and_unknown_fields_are_accepted(fields: dict[str, Any]) -> 
     ChatCompletionRequest.model_validate(chat(**fields))
 
 
+@pytest.mark.parametrize(
+    ("fields", "param", "kind"),
+    [
+        ({"max_tokens": True}, "max_tokens", "integer"),
+        ({"max_completion_tokens": False}, "max_completion_tokens", "integer"),
+        ({"n": True}, "n", "integer"),
+        ({"logprobs": True, "top_logprobs": True}, "top_logprobs", "integer"),
+        ({"seed": True}, "seed", "integer"),
+        ({"top_k": True}, "top_k", "integer"),
+        ({"min_tokens": True}, "min_tokens", "integer"),
+        ({"stop_token_ids": [True]}, "stop_token_ids[0]", "integer"),
+        ({"max_tokens": "5"}, "max_tokens", "integer"),
+        ({"seed": "1"}, "seed", "integer"),
+        ({"max_tokens": 5.5}, "max_tokens", "integer"),
+        ({"temperature": True}, "temperature", "number"),
+        ({"top_p": "0.5"}, "top_p", "number"),
+        ({"logit_bias": {"5": True}}, "logit_bias.5", "number"),
+        ({"stream": "true"}, "stream", "boolean"),
+        ({"stream": 1}, "stream", "boolean"),
+        ({"logprobs": 1}, "logprobs", "boolean"),
+        ({"stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage", "boolean"),
+    ],
+)
+def test_known_fields_take_json_types_strictly(fields: dict[str, Any], param: str, kind: str) -> None:
+    """No booleans or numeric strings for numbers, no 0/1 or "true" for booleans (OpenAI's 400s)."""
+    error = rejection(ChatCompletionRequest, chat(**fields))
+    assert (error.status, error.type, error.param) == (400, "invalid_request_error", param)
+    expected = {"integer": "a valid integer", "number": "a valid number", "boolean": "a valid boolean"}[kind]
+    assert error.message == f"Invalid value for '{param}': Input should be {expected}."
+
+
+def test_whole_numbers_are_integers_as_in_json() -> None:
+    body = ChatCompletionRequest.model_validate(chat(max_tokens=5.0, n=2.0, seed=-1.0, stop_token_ids=[7.0]))
+    assert (body.max_tokens, body.n, body.seed, body.stop_token_ids) == (5, 2, -1, [7])
+    assert all(type(value) is int for value in (body.max_tokens, body.n, body.seed, *body.stop_token_ids))
+    # JSON object keys are strings: logit_bias keys stay token ids given as text.
+    assert ChatCompletionRequest.model_validate(chat(logit_bias={"42": 1})).logit_bias == {42: 1.0}
+
+
 def test_stop_string_becomes_a_list_and_max_completion_tokens_wins() -> None:
     body = ChatCompletionRequest.model_validate(chat(stop="END", max_tokens=5, max_completion_tokens=9))
     assert body.stop == ["END"]
@@ -96,6 +135,20 @@ def test_text_parts_are_joined_and_other_parts_rejected() -> None:
     assert "'image_url'" in error.message and "not supported yet" in error.message
 
 
+@pytest.mark.parametrize(
+    ("part", "message"),
+    [
+        ({"type": "text"}, "Missing required parameter: 'messages[0].content[1].text'."),
+        ({"type": "text", "text": 5}, "Invalid value for 'messages[0].content[1].text': Input should be a valid string."),
+    ],
+)
+def test_a_text_part_needs_its_text(part: dict[str, Any], message: str) -> None:
+    content = [{"type": "text", "text": "a"}, part]
+    error = rejection(ChatCompletionRequest, chat(messages=[{"role": "user", "content": content}]))
+    assert (error.status, error.type, error.param) == (400, "invalid_request_error", "messages[0].content[1].text")
+    assert error.message == message
+
+
 def test_tool_messages_are_accepted() -> None:
     call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}
     messages = [
@@ -105,6 +158,49 @@ def test_tool_messages_are_accepted() -> None:
     ]
     body = ChatCompletionRequest.model_validate(chat(messages=messages))
     assert body.messages[1].tool_calls[0].function.arguments == '{"x": 1}'
+
+
+def test_a_tool_message_needs_its_tool_call_id() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "42"},
+    ]
+    error = rejection(ChatCompletionRequest, chat(messages=messages))
+    assert (error.status, error.type, error.param) == (400, "invalid_request_error", "messages[2].tool_call_id")
+    assert error.message == "Missing required parameter: 'messages[2].tool_call_id'."
+
+
+@pytest.mark.parametrize(
+    ("schema", "fields"),
+    [
+        (ChatCompletionRequest, {"tools": []}),
+        (ChatCompletionRequest, {"tools": [], "tool_choice": "none"}),
+        (TokenizeRequest, {"tools": []}),
+    ],
+)
+def test_tools_must_not_be_empty(schema: type[BaseModel], fields: dict[str, Any]) -> None:
+    error = rejection(schema, {"messages": USER, **fields})
+    assert (error.status, error.type, error.param) == (400, "invalid_request_error", "tools")
+    assert error.message.startswith("Invalid value for 'tools': List should have at least 1 item")
+
+
+@pytest.mark.parametrize(
+    ("schema", "fields"),
+    [
+        (ChatCompletionRequest, {"stream_options": {"include_usage": True}}),
+        (ChatCompletionRequest, {"stream": False, "stream_options": {}}),
+        (CompletionRequest, {"stream": None, "stream_options": {"include_usage": False}}),
+    ],
+)
+def test_stream_options_need_stream(schema: type[BaseModel], fields: dict[str, Any]) -> None:
+    base = chat() if schema is ChatCompletionRequest else {"model": "m", "prompt": "x"}
+    error = rejection(schema, {**base, **fields})
+    assert (error.status, error.type, error.param) == (400, "invalid_request_error", "stream_options")
+    assert error.message == "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+    streamed = schema.model_validate({**base, **fields, "stream": True})
+    assert streamed.stream_options is not None
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,13 @@ import pytest
 
 from rest_bridge import translate
 from rest_bridge.errors import openai_param
-from rest_bridge.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, TokenizeRequest
+from rest_bridge.schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+)
 from tokenwire.v1 import common_pb2, embedding_pb2, generation_pb2, models_pb2, tokenization_pb2
 
 USER = [{"role": "user", "content": "hi"}]
@@ -125,6 +131,16 @@ def test_tokenize_requests() -> None:
         TokenizeRequest.model_validate({"messages": USER, "add_special_tokens": False, "return_token_strs": True})
     )
     assert chat.chat.messages[0].content == "hi" and chat.HasField("add_special_tokens") and chat.return_tokens
+
+
+@pytest.mark.parametrize("skip", [None, True, False])
+def test_detokenize_request_passes_skip_special_tokens_when_sent(skip: bool | None) -> None:
+    body = DetokenizeRequest.model_validate({"model": "m", "tokens": [1, 2], "skip_special_tokens": skip})
+    request = translate.detokenize_request(body)
+    assert (request.model, list(request.token_ids)) == ("m", [1, 2])
+    # Unset keeps the worker's default (special tokens kept, as vLLM's /detokenize keeps them).
+    assert request.HasField("skip_special_tokens") == (skip is not None)
+    assert request.skip_special_tokens == bool(skip)
 
 
 @pytest.mark.parametrize(

@@ -244,6 +244,20 @@ async def test_min_new_tokens_holds_back_eos(generation_model, tokenizer):
     assert len(ids[0]) >= natural + 10
 
 
+async def test_min_new_tokens_holds_back_stop_strings(generation_model, tokenizer):
+    prompt = "Count from 1 to 20, one number per line."
+    full, _, _ = await _collect(generation_model.engine, _request(tokenizer, prompt, max_new_tokens=40))
+    assert full[0].count("\n") >= 4
+    early = StoppingParams(max_new_tokens=40, stop_strings=("\n",))
+    texts, _, finishes = await _collect(generation_model.engine, _request(tokenizer, prompt, stopping=early))
+    assert texts[0] == full[0][: full[0].index("\n")] and finishes[0].stop_string == "\n"
+    held = StoppingParams(max_new_tokens=40, stop_strings=("\n",), min_new_tokens=10)
+    texts, ids, finishes = await _collect(generation_model.engine, _request(tokenizer, prompt, stopping=held))
+    # The first line break in or after the 10th token stops it; the earlier ones stay.
+    assert len(ids[0]) >= 10 and finishes[0].stop_string == "\n"
+    assert full[0].startswith(texts[0]) and texts[0].count("\n") >= 1
+
+
 async def test_n_above_the_slots_is_refused(small_engine, tokenizer):
     with pytest.raises(InvalidRequest) as caught:
         small_engine.submit(_request(tokenizer, "hi", n=2))

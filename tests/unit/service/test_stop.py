@@ -22,6 +22,11 @@ def test_old_text_alone_is_not_searched_again():
     assert StopStringMatcher(("END",)).find("END and more", new_from=8) is None
 
 
+def test_a_short_stop_string_in_old_text_is_not_found_because_a_longer_one_exists():
+    # Text that was not searched before (generated under min_new_tokens) stays unsearched.
+    assert StopStringMatcher((",", "The End")).find("one, two", new_from=5) is None
+
+
 def test_safe_end_holds_back_possible_prefix():
     matcher = StopStringMatcher(("\nUser:",))
     assert matcher.safe_end("Hello\nUs") == len("Hello")

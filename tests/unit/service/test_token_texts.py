@@ -34,11 +34,19 @@ def test_partial_characters_and_special_tokens(tokenizer):
 def test_token_logprob_message(tokenizer):
     texts = TokenTexts(tokenizer)
     hello, world = tokenizer.encode("Hello world", add_special_tokens=False)
-    message = token_logprob(texts, world, TokenLogprob(world, -0.5, ((world, -0.5), (hello, -2.0))))
+    message = token_logprob(texts, world, TokenLogprob(world, -0.5, ((world, -0.5), (hello, -2.0))), True)
     assert (message.token_id, message.token, message.bytes, message.logprob) == (world, " world", b" world", -0.5)
     assert [(t.token, t.logprob) for t in message.top_logprobs] == [(" world", -0.5), ("Hello", -2.0)]
-    first = token_logprob(texts, hello, None)
+    first = token_logprob(texts, hello, None, True)
     assert first.token == "Hello" and not first.HasField("logprob") and not first.top_logprobs
+    assert not message.skipped and not first.skipped
+
+
+def test_special_tokens_are_marked_skipped_only_when_the_text_skips_them(tokenizer):
+    texts = TokenTexts(tokenizer)
+    eos = tokenizer.eos_token_id
+    assert token_logprob(texts, eos, TokenLogprob(eos, -0.1, ()), True).skipped
+    assert not token_logprob(texts, eos, TokenLogprob(eos, -0.1, ()), False).skipped
 
 
 def test_echoed_prompt(tokenizer):

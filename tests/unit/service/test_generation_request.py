@@ -1,0 +1,62 @@
+"""GenerateRequest validation: ranges (NaN included) and the context length, before the engine."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from service.errors import ContextLengthExceeded, InvalidRequest
+from service.servicers import generation_request
+from service.servicers.generation_request import build_generation_request
+from tokenwire.v1 import generation_pb2
+
+
+def _build(generation_model, **fields) -> None:
+    request = generation_pb2.GenerateRequest(
+        stopping=generation_pb2.StoppingCriteria(max_new_tokens=2), **{"text": "hi", **fields}
+    )
+    build_generation_request(request, generation_model, "test")
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize(
+    ("group", "name"),
+    [
+        ("sampling", "temperature"),
+        ("sampling", "top_p"),
+        ("sampling", "min_p"),
+        ("penalties", "presence_penalty"),
+        ("penalties", "frequency_penalty"),
+        ("penalties", "repetition_penalty"),
+    ],
+)
+def test_non_finite_sampling_values_are_refused(generation_model, group, name, value):
+    message = {"sampling": generation_pb2.SamplingParams, "penalties": generation_pb2.PenaltyParams}[group]
+    with pytest.raises(InvalidRequest) as caught:
+        _build(generation_model, **{group: message(**{name: value})})
+    assert caught.value.field == f"{group}.{name}"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_logit_bias_is_refused(generation_model, value):
+    with pytest.raises(InvalidRequest) as caught:
+        _build(generation_model, penalties=generation_pb2.PenaltyParams(logit_bias={5: value}))
+    assert caught.value.field == "penalties.logit_bias"
+
+
+def test_a_text_prompt_that_cannot_fit_is_refused_before_tokenizing(generation_model, monkeypatch):
+    def tokenize(*args: object) -> list[int]:
+        raise AssertionError("tokenized")
+
+    monkeypatch.setattr(generation_request, "generation_prompt_ids", tokenize)
+    with pytest.raises(ContextLengthExceeded) as caught:
+        _build(generation_model, text="x " * 4_000_000)
+    assert caught.value.field == "prompt" and "at least" in caught.value.message
+
+
+def test_a_prompt_the_bound_cannot_refuse_is_counted_exactly(generation_model):
+    # 10001 tokens, more than the 8192 of the context, but far fewer characters than the bound needs.
+    with pytest.raises(ContextLengthExceeded) as caught:
+        _build(generation_model, text="x " * 10_000)
+    assert "your prompt is 10001 tokens long" in caught.value.message
+    _build(generation_model, text="x " * 4_000)  # fits
