@@ -57,7 +57,10 @@ class OutputPlan:
     def tool_call_reader(self) -> ToolCallReader | None:
         if self.tool_choice == "none":
             return None
-        return ToolCallReader(finish_with_tool_calls=self.tool_choice in ("auto", "required"))
+        return ToolCallReader(
+            finish_with_tool_calls=self.tool_choice in ("auto", "required"),
+            calls_only=self.tool_choice in ("required", "named"),
+        )
 
 
 def parse_tools(proto_tools: Sequence[generation_pb2.Tool]) -> list[_Tool]:
@@ -211,6 +214,9 @@ class ToolCallReader:
     """Turns a request's engine updates into content and tool-call deltas, one parser per sequence."""
 
     finish_with_tool_calls: bool
+    # The grammar lets the model write tool calls only: text outside them is markup of a call cut
+    # short (max tokens), never content.
+    calls_only: bool = False
     _parsers: dict[int, ToolCallParser] = field(default_factory=dict)
 
     def read(self, update: SequenceUpdate) -> tuple[SequenceUpdate, list[generation_pb2.ToolCallDelta], bool]:
@@ -221,6 +227,8 @@ class ToolCallReader:
         if update.finish is not None:
             more_content, more_deltas = parser.finish()
             content, deltas = content + more_content, deltas + more_deltas
+        if self.calls_only:
+            content = ""
         messages = [
             generation_pb2.ToolCallDelta(
                 index=delta.index,

@@ -204,6 +204,14 @@ def test_a_call_cut_by_max_tokens_keeps_its_partial_arguments(client):
     assert call.function.name == "get_time" and isinstance(call.function.arguments, str)
 
 
+@pytest.mark.parametrize("tool_choice", ["required", NAMED])
+@pytest.mark.parametrize("max_tokens", [1, 3, 6])
+def test_a_call_cut_before_its_name_shows_no_markup(client, tool_choice, max_tokens):
+    choice = _create(client, tool_choice=tool_choice, max_tokens=max_tokens).choices[0]
+    assert choice.finish_reason == "length"
+    assert not choice.message.content and not choice.message.tool_calls
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
