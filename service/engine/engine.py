@@ -31,7 +31,7 @@ import torch
 from service.engine.detokenizer import Decoder, IncrementalDetokenizer
 from service.engine.logprobs import prompt_logprobs, token_logprobs
 from service.engine.runner import ModelRunner
-from service.engine.sampler import SamplingRow, sample
+from service.engine.sampler import SamplingRow, sample, sequence_seed
 from service.engine.stop import StopStringMatcher
 from service.engine.types import (
     Finish,
@@ -266,7 +266,7 @@ class GenerationEngine:
                 slot=self._runner.allocate(),
                 row=SamplingRow(
                     params=request.sampling,
-                    generator=torch.Generator().manual_seed((request.seed + i) % 2**63),
+                    generator=torch.Generator().manual_seed(sequence_seed(request.seed, i)),
                     prompt_ids=request.prompt_ids,
                     banned_ids=banned,
                     constraint=request.constraint() if request.constraint else None,

@@ -7,11 +7,22 @@ rows share the batch.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
 
 from service.engine.types import SamplingParams, TokenConstraint
+
+
+def sequence_seed(seed: int, index: int) -> int:
+    """The generator seed of sequence `index` of a request seeded with `seed`: the seed itself for
+    the first (so n=1 draws what the first of n does), a hash of both for the others. Not
+    seed + index: then the sequences of nearby seeds would be the same, shifted by one."""
+    if index == 0:
+        return seed % 2**63
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 2**63
 
 
 @dataclass

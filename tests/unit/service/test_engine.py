@@ -74,6 +74,19 @@ async def test_same_seed_reproduces_and_n_sequences_differ(generation_model, tok
     assert len(set(first.values())) > 1
 
 
+async def test_nearby_seeds_share_no_sequence_and_n1_draws_the_first(generation_model, tokenizer):
+    sampling = SamplingParams(temperature=1.0)
+
+    async def texts(seed: int, n: int) -> list[str]:
+        request = _request(tokenizer, "My favourite animal is", max_new_tokens=10, sampling=sampling, n=n, seed=seed)
+        collected, _, _ = await _collect(generation_model.engine, request)
+        return [collected[i] for i in range(n)]
+
+    seed_100, seed_101 = await texts(100, 4), await texts(101, 4)
+    assert not set(seed_100) & set(seed_101)
+    assert await texts(101, 1) == seed_101[:1]
+
+
 def _engine(
     model,
     tokenizer,
