@@ -42,6 +42,8 @@ TokenIdKey = Annotated[int, Strict(False), Field(ge=0, le=_UINT32_MAX)]
 LogitBias = Annotated[float, Field(ge=-100, le=100)]
 # A prompt after normalization: text or token ids.
 Prompt = str | list[int]
+# Prompts of one completions request at most, as many as the inputs of one embeddings request.
+MAX_PROMPTS = 2048
 
 
 def request_error(message: str, param: str | None = None) -> PydanticCustomError:
@@ -408,7 +410,10 @@ class CompletionRequest(GenerationRequest):
     @field_validator("prompt", mode="before")
     @classmethod
     def _normalize_prompt(cls, value: Any) -> list[Prompt]:
-        return _prompt_list(value, "prompt")
+        prompts = _prompt_list(value, "prompt")
+        if len(prompts) > MAX_PROMPTS:
+            raise request_error(f"'prompt' may hold at most {MAX_PROMPTS} prompts, got {len(prompts)}.", "prompt")
+        return prompts
 
     @model_validator(mode="after")
     def _reject_unsupported(self) -> CompletionRequest:

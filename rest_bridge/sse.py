@@ -5,22 +5,19 @@ never `id:`, `retry:` or `event:` lines (the OpenAI Python SDK fails on them).
 """
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
-import grpc
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from rest_bridge import translate
 from rest_bridge.errors import from_exception
-from tokenwire.v1 import common_pb2, generation_pb2
+from rest_bridge.fanout import PromptStreams
+from tokenwire.v1 import common_pb2
 
 DONE = b"data: [DONE]\n\n"
-
-StreamCall = grpc.aio.UnaryStreamCall
 
 
 def encode_event(payload: Mapping[str, Any]) -> bytes:
@@ -49,56 +46,21 @@ class EventStreamResponse(StreamingResponse):
             await self._events.aclose()
 
 
-async def _pump(
-    prompt_index: int,
-    call: StreamCall,
-    queue: asyncio.Queue[tuple[int, generation_pb2.GenerateStreamResponse | Exception | None]],
-) -> None:
-    """Copies one call's messages to the shared queue, then None (or the call's error)."""
-    try:
-        while (message := await call.read()) is not grpc.aio.EOF:
-            await queue.put((prompt_index, message))
-        await queue.put((prompt_index, None))
-    except Exception as error:  # reported through the queue, raised by the consumer
-        await queue.put((prompt_index, error))
-
-
-async def _messages(
-    calls: Sequence[StreamCall],
-) -> AsyncIterator[tuple[int, generation_pb2.GenerateStreamResponse]]:
-    """The messages of every call as they come, with the index of the call's prompt."""
-    queue: asyncio.Queue[tuple[int, generation_pb2.GenerateStreamResponse | Exception | None]] = asyncio.Queue()
-    pumps = [asyncio.create_task(_pump(i, call, queue)) for i, call in enumerate(calls)]
-    try:
-        open_calls = len(calls)
-        while open_calls:
-            prompt_index, item = await queue.get()
-            if item is None:
-                open_calls -= 1
-            elif isinstance(item, Exception):
-                raise item
-            else:
-                yield prompt_index, item
-    finally:
-        for pump in pumps:
-            pump.cancel()
-
-
 async def generation_events(
     fmt: translate.GenerationFormat,
-    calls: Sequence[StreamCall],
+    streams: PromptStreams,
     header: translate.ResponseHeader,
     n: int,
     include_usage: bool,
     logprobs: bool = False,
 ) -> AsyncGenerator[bytes, None]:
-    """Chunk events of GenerateStream calls whose PromptInfo was already read.
+    """Chunk events of the streams of every prompt.
 
-    Call i streams the n choices of prompt i, indexed i·n + j. With `logprobs`, each chunk
-    carries the logprobs of its tokens; tokens of a delta without text wait for the choice's next
-    chunk. An echoed prompt comes first in a choice's first chunk. A failure after the first byte
-    becomes an error event; the calls are cancelled when the generator ends early or is closed
-    (client gone), so the worker stops generating.
+    Prompt i streams its n choices, indexed i·n + j. With `logprobs`, each chunk carries the
+    logprobs of its tokens; tokens of a delta without text wait for the choice's next chunk. An
+    echoed prompt comes first in a choice's first chunk. A failure after the first byte becomes an
+    error event; the calls are cancelled when the generator ends early or is closed (client gone),
+    so the worker stops generating.
     """
     usages: list[common_pb2.Usage] = []
     shapers: dict[int, translate.ChatLogprobs | translate.CompletionLogprobs] = {}
@@ -106,13 +68,12 @@ async def generation_events(
     def chunk(choices: list[dict[str, Any]], usage: common_pb2.Usage | None = None) -> bytes:
         return encode_event(translate.stream_chunk(fmt, header, choices, include_usage, usage))
 
-    messages = _messages(calls)
     try:
         try:
             if fmt.opening_choice is not None:
-                for index in range(len(calls) * n):
+                for index in range(streams.prompts * n):
                     yield chunk([fmt.opening_choice(index)])
-            async for prompt_index, message in messages:
+            async for prompt_index, message in streams.messages():
                 if message.HasField("delta"):
                     delta = message.delta
                     reason = translate.finish_reason(delta.finish) if delta.HasField("finish") else None
@@ -137,6 +98,4 @@ async def generation_events(
             yield encode_event(from_exception(error, fmt.params).body())
         yield DONE
     finally:
-        await messages.aclose()
-        for call in calls:
-            call.cancel()
+        await streams.aclose()

@@ -21,6 +21,10 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     # Without it, channels with equal options share one connection and the pool is pointless.
     ("grpc.use_local_subchannel_pool", 1),
 )
+# The deadline of metadata calls (health, model cards), whatever the generation deadline: a worker
+# answers them at once, so one that has not answered within this is stuck, and the client hears
+# so now, not after the request timeout.
+METADATA_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -70,10 +74,11 @@ class Upstream:
             self._stubs = [Stubs.on(channel) for channel in self._channels]
         return self._stubs[next(self._next) % self._size]
 
-    def call_options(self, request_id: str) -> dict[str, Any]:
-        """Keyword arguments of every call: the deadline, and the request id (and the worker's API
-        key, if any) as metadata."""
-        return {"timeout": self.timeout, "metadata": (("x-request-id", request_id), *self._metadata)}
+    def call_options(self, request_id: str, max_timeout: float | None = None) -> dict[str, Any]:
+        """Keyword arguments of every call: the deadline (the request timeout, or `max_timeout`
+        if shorter), and the request id (and the worker's API key, if any) as metadata."""
+        timeout = min((t for t in (self.timeout, max_timeout) if t is not None), default=None)
+        return {"timeout": timeout, "metadata": (("x-request-id", request_id), *self._metadata)}
 
     async def close(self) -> None:
         channels, self._channels, self._stubs = self._channels, [], []

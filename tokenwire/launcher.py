@@ -53,8 +53,9 @@ def _banner(args: argparse.Namespace) -> str:
 
 def run_stack(args: argparse.Namespace) -> int:
     from rest_bridge.app import run_bridge
-    from service.server import run_worker
+    from service.server import checked_settings, run_worker
 
+    checked_settings(args)  # a bad worker flag stops `serve` before either process starts
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=run_worker, args=(args,), name="tokenwire-worker"),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar
+import functools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import pydantic_core
@@ -15,12 +17,18 @@ from starlette.responses import JSONResponse, Response
 
 from rest_bridge import schemas, translate
 from rest_bridge.errors import APIError, ClientGone, from_validation_error, rpc_errors
+from rest_bridge.fanout import FanOut, PromptStreams, responses
 from rest_bridge.sse import EventStreamResponse, generation_events
 from rest_bridge.upstream import Stubs, Upstream
 from tokenwire.v1 import generation_pb2
 
 Body = TypeVar("Body", bound=BaseModel)
 Result = TypeVar("Result")
+Call = TypeVar("Call", bound=grpc.aio.Call)
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> object: ...
 
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -68,10 +76,10 @@ def request_id(request: Request) -> str:
     return str(request.state.request_id)
 
 
-def stubs_and_options(request: Request) -> tuple[Stubs, dict[str, Any]]:
+def stubs_and_options(request: Request, max_timeout: float | None = None) -> tuple[Stubs, dict[str, Any]]:
     """The next channel's stubs and the keyword arguments for one call (deadline, request id)."""
     pool: Upstream = request.app.state.upstream
-    return pool.stubs(), pool.call_options(request_id(request))
+    return pool.stubs(), pool.call_options(request_id(request), max_timeout)
 
 
 async def _disconnected(request: Request) -> None:
@@ -80,7 +88,7 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def until_ready(request: Request, calls: Sequence[grpc.aio.Call], work: Awaitable[Result]) -> Result:
+async def until_ready(request: Request, calls: Sequence[Cancellable], work: Awaitable[Result]) -> Result:
     """Awaits `work` on `calls`, cancelling every call when it fails or the HTTP client goes away.
 
     Without this, a client that gives up on a long non-streaming answer would leave the worker
@@ -105,12 +113,19 @@ async def until_ready(request: Request, calls: Sequence[grpc.aio.Call], work: Aw
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
-async def _prompt_infos(calls: Sequence[grpc.aio.UnaryStreamCall]) -> list[generation_pb2.PromptInfo]:
-    """The first message of every stream: the worker has validated and admitted the request."""
-    firsts = await asyncio.gather(*(call.read() for call in calls))
-    if any(first is grpc.aio.EOF or not first.HasField("prompt_info") for first in firsts):
-        raise APIError(502, "The model worker broke the stream protocol (no prompt info).", type="server_error")
-    return [first.prompt_info for first in firsts]
+def _starts(
+    method: Callable[..., Call], protos: Sequence[generation_pb2.GenerateRequest], options: dict[str, Any]
+) -> list[Callable[[], Call]]:
+    """A call starter per prompt. The calls share the request's deadline: a prompt that waits for
+    a free lane has that much less time."""
+    timeout = options["timeout"]
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def start(proto: generation_pb2.GenerateRequest) -> Call:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return method(proto, **{**options, "timeout": left})
+
+    return [functools.partial(start, proto) for proto in protos]
 
 
 async def generate(
@@ -119,10 +134,12 @@ async def generate(
     body: schemas.GenerationRequest,
     protos: Sequence[generation_pb2.GenerateRequest],
 ) -> Response:
-    """Runs one call per prompt and answers in `fmt`: JSON, or SSE once every stream has started.
+    """Runs one call per prompt (a few at a time, see fanout.py) and answers in `fmt`: JSON, or SSE
+    once the worker has admitted the prompts started first.
 
-    Errors before the first stream message (validation, context overflow, queue full) are still
-    plain JSON answers with their own status, since no byte of the stream has been sent.
+    Errors before the first stream message of those (validation, context overflow, queue full) are
+    still plain JSON answers with their own status, since no byte of the stream has been sent; a
+    later prompt's failure is an error event in the stream.
     """
     stubs, options = stubs_and_options(request)
     params = translate.request_params(fmt, body)
@@ -130,13 +147,13 @@ async def generate(
     # Every prompt's request asks for the same outputs.
     logprobs = protos[0].HasField("logprobs")
     if body.stream:
-        streams = [stubs.generation.GenerateStream(proto, **options) for proto in protos]
+        streams = PromptStreams(_starts(stubs.generation.GenerateStream, protos, options))
         with rpc_errors(params):
-            infos = await until_ready(request, streams, _prompt_infos(streams))
+            infos = await until_ready(request, [streams], streams.admitted())
         header = translate.ResponseHeader.new(fmt.id_prefix, body.model or infos[0].model)
         return EventStreamResponse(generation_events(fmt, streams, header, n, body.include_usage, logprobs))
-    calls = [stubs.generation.Generate(proto, **options) for proto in protos]
+    fanout = FanOut(_starts(stubs.generation.Generate, protos, options))
     with rpc_errors(params):
-        responses = await until_ready(request, calls, asyncio.gather(*calls))
-    header = translate.ResponseHeader.new(fmt.id_prefix, body.model or responses[0].prompt_info.model)
-    return JSONResponse(translate.generation_response(fmt, responses, n, header, logprobs))
+        answers = await until_ready(request, [fanout], responses(fanout))
+    header = translate.ResponseHeader.new(fmt.id_prefix, body.model or answers[0].prompt_info.model)
+    return JSONResponse(translate.generation_response(fmt, answers, n, header, logprobs))

@@ -1,4 +1,5 @@
-"""GET /health: the worker's grpc.health.v1 status for the whole server ("")."""
+"""GET /health: the worker's grpc.health.v1 status for the whole server (""), and whether the
+worker takes the bridge's key."""
 from __future__ import annotations
 
 from grpc_health.v1 import health_pb2
@@ -7,17 +8,18 @@ from starlette.responses import JSONResponse, Response
 
 from rest_bridge.errors import APIError, rpc_errors
 from rest_bridge.routes.common import stubs_and_options
-
-# A health probe must answer quickly, whatever the generation deadline is.
-_HEALTH_TIMEOUT_S = 5.0
+from rest_bridge.upstream import METADATA_TIMEOUT_S
+from tokenwire.v1 import models_pb2
 
 
 async def health(request: Request) -> Response:
-    stubs, options = stubs_and_options(request)
-    options["timeout"] = min(options["timeout"] or _HEALTH_TIMEOUT_S, _HEALTH_TIMEOUT_S)
+    stubs, options = stubs_and_options(request, METADATA_TIMEOUT_S)
     with rpc_errors({}):
         response = await stubs.health.Check(health_pb2.HealthCheckRequest(service=""), **options)
-    if response.status != health_pb2.HealthCheckResponse.SERVING:
-        status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-        raise APIError(503, f"The model worker is not serving ({status}).", type="server_error", code="not_ready")
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            raise APIError(503, f"The model worker is not serving ({status}).", type="server_error", code="not_ready")
+        # grpc.health.v1 needs no key: this cheap call of the worker's own API proves that the
+        # worker takes the bridge's key (a refused one is the 502 every API call would get).
+        await stubs.models.ListModels(models_pb2.ListModelsRequest(), **options)
     return JSONResponse({"status": "ok"})

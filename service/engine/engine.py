@@ -1,8 +1,8 @@
 """The generation engine: continuous batching in a scheduler thread, fed and drained through
 thread-safe queues, so a forward pass never blocks the asyncio event loop.
 
-Public face: `submit(request) -> RequestStream` (an async iterator of SequenceUpdate) and
-`RequestStream.cancel()`.
+Public face: `submit(request) -> RequestStream` (an async iterator of SequenceUpdate),
+`RequestStream.cancel()`, and `abort_all()` for shutdown.
 
 Every iteration of the loop (one forward step):
 1. reads new and cancelled requests; a cancelled request's slots are freed here;
@@ -56,6 +56,8 @@ class RequestStream:
         self._engine = engine
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._done = False
+        # When the engine admitted the request to the running batch (time.monotonic()).
+        self.admitted_at: float | None = None
 
     def _push(self, item: object) -> None:
         """Called from the engine thread."""
@@ -160,6 +162,11 @@ class GenerationEngine:
     def start(self) -> None:
         self._thread.start()
 
+    def abort_all(self) -> None:
+        """Ends every running and waiting request at the engine's next iteration: each
+        unfinished sequence gets a last update with what it has and FinishReason.ABORTED."""
+        self._inbox.put(("abort", None))
+
     def stop(self) -> None:
         self._stopping = True
         self._inbox.put(("stop", None))
@@ -231,6 +238,8 @@ class GenerationEngine:
                 self._waiting.append(payload)  # type: ignore[arg-type]
             elif kind == "cancel":
                 self._cancel(payload)  # type: ignore[arg-type]
+            elif kind == "abort":
+                self._abort_all()
 
     def _cancel(self, stream: RequestStream) -> None:
         before = len(self._waiting)
@@ -243,6 +252,19 @@ class GenerationEngine:
                 self._runner.release(seq.slot)
         self._running = [seq for seq in self._running if seq.stream is not stream]
 
+    def _abort_all(self) -> None:
+        for request, stream in self._waiting:
+            for index in range(request.n):
+                stream._push(SequenceUpdate(index, "", (), Finish(FinishReason.ABORTED)))
+            stream._push(_END)
+        with self._admission:
+            self._not_admitted -= len(self._waiting)
+        self._waiting.clear()
+        for seq in self._running:
+            self._emit(seq, self._append_text(seq, seq.detokenizer.flush()) or Finish(FinishReason.ABORTED))
+            self._runner.release(seq.slot)
+        self._running = []
+
     def _admit(self) -> None:
         while self._waiting and self._waiting[0][0].n <= min(
             self._runner.free_slots, self._max_running - len(self._running)
@@ -250,6 +272,7 @@ class GenerationEngine:
             request, stream = self._waiting.popleft()
             with self._admission:
                 self._not_admitted -= 1
+            stream.admitted_at = time.monotonic()
             self._running.extend(self._new_sequences(request, stream))
 
     def _new_sequences(self, request: GenerationRequest, stream: RequestStream) -> list[_Sequence]:

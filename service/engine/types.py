@@ -14,6 +14,8 @@ class FinishReason(enum.Enum):
     LENGTH = "length"
     CONTEXT_LENGTH = "context_length"
     TIME_LIMIT = "time_limit"
+    # Ended by the worker (GenerationEngine.abort_all, at shutdown).
+    ABORTED = "aborted"
 
 
 @dataclass(frozen=True)

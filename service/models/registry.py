@@ -80,7 +80,14 @@ class ModelRegistry:
         self._models.append(model)
 
     def all(self) -> list[ServedModel]:
+        """Every model loaded so far, ready or not (for the worker itself)."""
         return list(self._models)
+
+    def served(self) -> list[ServedModel]:
+        """Every model, for clients. Raises NotReady while loading: a partial or empty list would
+        read as "this model does not exist"."""
+        self._require_ready()
+        return self.all()
 
     def find(self, address: str) -> ServedModel:
         """Any served model by address. Raises ModelNotFound."""
@@ -105,8 +112,9 @@ class ModelRegistry:
             return default
         model = self.find(address)
         if not isinstance(model, cls):
+            article = "an" if model.card.kind.value[0] in "aeiou" else "a"
             raise WrongModelKind(
-                f"The model `{address}` is a {model.card.kind.value} model and cannot serve "
+                f"The model `{address}` is {article} {model.card.kind.value} model and cannot serve "
                 f"{kind.value} requests.",
                 field="model",
             )

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from service.errors import Unauthenticated
+from service.servicers.request_context import bind_request_id
 from service.servicers.status import SERVICE_PREFIX, abort_with_error
 from tokenwire.api_keys import bearer_token, key_allowed
 
@@ -26,6 +27,7 @@ def _refusing(handler: grpc.RpcMethodHandler, error: Unauthenticated) -> grpc.Rp
     """A handler of the same kind as `handler` that only ends the call with `error`."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        bind_request_id(context, request)
         await abort_with_error(context, error)
 
     codec = dict(

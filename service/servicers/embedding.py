@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import numpy as np
@@ -10,6 +11,7 @@ from service.errors import ContextLengthExceeded, InvalidRequest
 from service.models.prompting import with_special_tokens
 from service.models.registry import EmbeddingModel, ModelRegistry
 from service.servicers.prompt_input import check_token_ids
+from service.servicers.request_context import set_trailing_metadata
 from tokenwire.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
 
 MAX_INPUTS = 2048
@@ -54,6 +56,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServicer):
     async def Embed(
         self, request: embedding_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embedding_pb2.EmbedResponse:
+        received = time.monotonic()
         model = self._registry.embedding(request.model)
         dimension = model.card.embedding_dimension
         dimensions = request.dimensions if request.HasField("dimensions") else None
@@ -66,7 +69,10 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServicer):
         # Tokenizing long inputs takes seconds: off the event loop, health and other calls go on.
         ids = await asyncio.to_thread(_input_ids, request, model)
         normalize = request.normalize if request.HasField("normalize") else None
+        tokenized = time.monotonic()
         vectors = await model.embedder.embed(ids, normalize=normalize, dimensions=dimensions)
+        # Inference includes waiting for the batch this call's inputs run in.
+        timings = {"x-validation-time-ms": tokenized - received, "x-inference-time-ms": time.monotonic() - tokenized}
         response = embedding_pb2.EmbedResponse(model=model.card.model_id)
         packed = request.encoding == embedding_pb2.EMBEDDING_ENCODING_PACKED_FLOAT32
         for index, vector in enumerate(vectors.numpy()):
@@ -82,4 +88,5 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServicer):
                 estimated_cost=model.card.cost(prompt_tokens, 0),
             )
         )
+        set_trailing_metadata(context, timings)
         return response

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -13,7 +14,7 @@ from service.metrics import GenerationRecorder
 from service.models.registry import GenerationModel, ModelRegistry
 from service.models.token_texts import TokenTexts
 from service.servicers.generation_request import build_generation_request, echo_skips_special_tokens, echoed_prompt
-from service.servicers.request_context import request_id
+from service.servicers.request_context import request_id, set_trailing_metadata
 from service.servicers.structured import merge_tool_call_deltas, output_plan
 from tokenwire.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 
@@ -24,6 +25,7 @@ _FINISH_REASONS = {
     FinishReason.LENGTH: generation_pb2.FINISH_REASON_LENGTH,
     FinishReason.CONTEXT_LENGTH: generation_pb2.FINISH_REASON_CONTEXT_LENGTH,
     FinishReason.TIME_LIMIT: generation_pb2.FINISH_REASON_TIME_LIMIT,
+    FinishReason.ABORTED: generation_pb2.FINISH_REASON_ABORTED,
 }
 
 
@@ -72,6 +74,35 @@ class _Extras:
         return info
 
 
+@dataclass
+class _Timing:
+    """When a generation call passed each stage (time.monotonic()), for its trailing metadata."""
+
+    received: float
+    queued: float = 0.0
+    first_token: float | None = None
+    finished: float = 0.0
+    # Tokens generated per sequence index.
+    tokens: dict[int, int] = field(default_factory=dict)
+
+    def update(self, update: SequenceUpdate) -> None:
+        if update.token_ids and self.first_token is None:
+            self.first_token = time.monotonic()
+        self.tokens[update.index] = self.tokens.get(update.index, 0) + len(update.token_ids)
+
+    def metadata(self, admitted: float | None) -> dict[str, float | None]:
+        """Durations in seconds; None where a stage never happened (aborted while queued)."""
+        inference = None if admitted is None else self.finished - admitted
+        steps = max(self.tokens.values(), default=0)
+        return {
+            "x-validation-time-ms": self.queued - self.received,
+            "x-queue-time-ms": None if admitted is None else admitted - self.queued,
+            "x-inference-time-ms": inference,
+            "x-time-to-first-token-ms": None if self.first_token is None else self.first_token - self.received,
+            "x-time-per-token-ms": inference / steps if inference is not None and steps else None,
+        }
+
+
 def _prompt_info(model: GenerationModel, request: GenerationRequest) -> generation_pb2.PromptInfo:
     return generation_pb2.PromptInfo(
         model=model.card.model_id,
@@ -107,16 +138,18 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
     ) -> AsyncIterator[generation_pb2.PromptInfo | tuple[SequenceUpdate, _Extras] | common_pb2.Usage]:
         """PromptInfo once admitted, the engine's updates (with their logprobs and echo as
         protobuf), then Usage. Leaving early (client cancel, deadline) cancels the request in the
-        engine."""
+        engine. A call that ends normally sets the trailing metadata (request id, timings)."""
+        timing = _Timing(received=time.monotonic())
         model = self._registry.generation(request.model)
         output = await output_plan(request, model)
         # Tokenizing a long prompt takes seconds: off the event loop, health and other calls go on.
         engine_request = await asyncio.to_thread(
-            build_generation_request, request, model, request_id(context, request.request_id), output
+            build_generation_request, request, model, request_id(), output
         )
         tool_calls = output.tool_call_reader()
         prompt_text = echoed_prompt(request, model.tokenizer, engine_request.prompt_ids) if request.echo else ""
         texts = self._texts(model) if request.HasField("logprobs") else None
+        timing.queued = time.monotonic()
         stream = model.engine.submit(engine_request)
         recorder = GenerationRecorder(model.card.model_id, engine_request)
         try:
@@ -126,6 +159,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             async for update in stream:
                 completion_tokens += len(update.token_ids)
                 recorder.update(update)
+                timing.update(update)
                 first = update.index not in started
                 started.add(update.index)
                 extras = _Extras([], [], prompt_text if first else "")
@@ -143,7 +177,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
                             for token_id, scored in zip(engine_request.prompt_ids, update.prompt_logprobs)
                         ]
                 yield update, extras
+            timing.finished = time.monotonic()
             yield _usage(model, len(engine_request.prompt_ids), completion_tokens)
+            set_trailing_metadata(context, timing.metadata(stream.admitted_at))
         finally:
             stream.cancel()
             recorder.close()

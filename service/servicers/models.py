@@ -36,7 +36,7 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
     async def ListModels(
         self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.ListModelsResponse:
-        return models_pb2.ListModelsResponse(models=[model_info(m.card) for m in self._registry.all()])
+        return models_pb2.ListModelsResponse(models=[model_info(m.card) for m in self._registry.served()])
 
     async def GetModel(
         self, request: models_pb2.GetModelRequest, context: grpc.aio.ServicerContext

@@ -1,6 +1,7 @@
 """The one place where worker errors become gRPC statuses with google.rpc rich details.
 
-An interceptor wraps every tokenwire.v1 handler, so servicers simply raise TokenwireError.
+An interceptor wraps every tokenwire.v1 handler, so servicers simply raise TokenwireError. It
+also binds the call's request id (request_context.py) before the servicer runs.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from service.errors import (
     Unauthenticated,
     WrongModelKind,
 )
+from service.servicers.request_context import bind_request_id, request_id
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +59,22 @@ def rich_status(error: TokenwireError) -> tuple[grpc.StatusCode, status_pb2.Stat
 
 
 async def abort_with_error(context: grpc.aio.ServicerContext, error: Exception) -> None:
-    """Ends the call with `error`'s status and rich details (unexpected errors: INTERNAL, logged)."""
+    """Ends the call with `error`'s status and rich details, and the call's x-request-id when one
+    is bound (unexpected errors: INTERNAL, logged with the request id)."""
+    call_id = request_id()
     if not isinstance(error, TokenwireError):
-        log.exception("unexpected error", exc_info=error)
+        log.exception("unexpected error in request %r", call_id, exc_info=error)
         error = TokenwireError("Internal error while serving the request.")
     code, status = rich_status(error)
-    await context.abort(
-        code, status.message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),)
-    )
+    metadata = [("grpc-status-details-bin", status.SerializeToString())]
+    if call_id:
+        metadata.append(("x-request-id", call_id))
+    await context.abort(code, status.message, trailing_metadata=tuple(metadata))
 
 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        bind_request_id(context, request)
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:
@@ -81,6 +87,7 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
 
 def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        bind_request_id(context, request)
         try:
             async for message in behavior(request, context):
                 yield message

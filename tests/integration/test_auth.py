@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
-from tests.servers import ServerProcess, start_bridge
+from tests.servers import ServerProcess, free_port, start
 from tokenwire.v1 import generation_pb2, generation_pb2_grpc, models_pb2, models_pb2_grpc
 
 from .conftest import CHAT_MODEL, CLIENT_KEYS, INTERNAL_WORKER_KEY
@@ -45,8 +45,17 @@ def channel(secured):
 @pytest.fixture(scope="module")
 def misconfigured(secured, tmp_path_factory) -> Iterator[tuple[str, ServerProcess]]:
     """A bridge in front of the secured worker that sends a worker key the worker does not take."""
+    port = free_port()
     flags = [f"--api-key={key}" for key in CLIENT_KEYS] + [f"--worker-api-key={WRONG_WORKER_KEY}"]
-    url, bridge = start_bridge(tmp_path_factory.mktemp("misconfigured"), secured.grpc_address, *flags)
+    args = ["bridge", "--http-host", "127.0.0.1", "--http-port", str(port), "--worker-address", secured.grpc_address]
+    bridge = start(f"bridge-{port}", [*args, *flags], tmp_path_factory.mktemp("misconfigured"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        # Its /health is never a 200: /metrics tells when it listens.
+        bridge.wait_until(lambda: httpx.get(f"{url}/metrics", timeout=2).status_code == 200, 60)
+    except BaseException:
+        bridge.stop()
+        raise
     yield url, bridge
     bridge.stop()
 
@@ -109,6 +118,14 @@ def test_a_worker_key_the_worker_refuses_is_a_502_for_the_client_and_logged(misc
     assert WRONG_WORKER_KEY not in response.text and CLIENT_KEYS[0] not in response.text
     log = bridge.log.read_text()
     assert "refused the bridge's worker API key" in log and WRONG_WORKER_KEY not in log
+
+
+def test_health_of_a_bridge_whose_worker_key_is_refused_is_a_502(misconfigured):
+    url, _ = misconfigured
+    response = httpx.get(f"{url}/health", timeout=30)
+    assert response.status_code == 502
+    error = response.json()["error"]
+    assert error["type"] == "server_error" and "authenticate to its model worker" in error["message"]
 
 
 def test_the_sdk_sees_a_refused_worker_key_as_a_server_error_and_a_wrong_client_key_as_401(misconfigured):

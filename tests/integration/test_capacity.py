@@ -1,5 +1,6 @@
-"""Capacity: a client that goes away frees the worker; a full queue answers 429; the worker's
-metrics show the queue and the running batch.
+"""Capacity: a client that goes away frees the worker; a full queue answers 429; a request with
+more prompts than the queue holds still succeeds; the worker's metrics show the queue and the
+running batch.
 
 These use their own worker with room for one running and one waiting request, so that
 "the slot is free again" and "the queue is full" are observable from outside.
@@ -19,6 +20,7 @@ from tests.servers import free_port, start_bridge, start_worker
 
 from .conftest import CHAT_MODEL
 
+MODEL = {"model": CHAT_MODEL}
 LONG = {
     "model": CHAT_MODEL,
     "messages": [{"role": "user", "content": "Tell me a very long story."}],
@@ -81,35 +83,61 @@ def test_full_queue_is_429_with_retry_after(tight_url):
     assert error["code"] == "queue_full" and error["message"]
 
 
+def _aborted(metrics_url: str) -> float:
+    return scrape(metrics_url).value("tokenwire_engine_sequences_finished_total", finish_reason="aborted", **MODEL)
+
+
+def _gauges(metrics_url: str) -> tuple[float, float]:
+    """(waiting requests, running sequences)."""
+    now = scrape(metrics_url)
+    return now.value("tokenwire_engine_waiting_requests", **MODEL), now.value(
+        "tokenwire_engine_running_sequences", **MODEL
+    )
+
+
+def _eventually(metrics_url: str, expected: tuple[float, float]) -> None:
+    deadline = time.monotonic() + 20
+    while _gauges(metrics_url) != expected:
+        assert time.monotonic() < deadline, f"(waiting, running) stayed {_gauges(metrics_url)}, not {expected}"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_more_prompts_than_the_queue_holds_all_succeed(tight, stream):
+    url, metrics_url = tight
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120)
+    prompts = [f"Count from {i}:" for i in range(5)]
+    args = dict(model=CHAT_MODEL, max_tokens=3, temperature=0)
+    # Streams of earlier tests may still be ending.
+    _eventually(metrics_url, (0, 0))
+    singles = [client.completions.create(prompt=p, **args).choices[0].text for p in prompts]
+    aborted_before = _aborted(metrics_url)
+    if stream:
+        texts = [""] * len(prompts)
+        for chunk in client.completions.create(prompt=prompts, stream=True, **args):
+            for choice in chunk.choices:
+                texts[choice.index] += choice.text
+    else:
+        reply = client.completions.create(prompt=prompts, **args)
+        assert [c.index for c in reply.choices] == list(range(len(prompts)))
+        texts = [c.text for c in reply.choices]
+    assert texts == singles
+    # Prompts the worker had no room for were refused, never admitted only to be aborted.
+    assert _aborted(metrics_url) == aborted_before
+
+
 def test_metrics_show_the_queue_and_the_running_batch(tight):
     url, metrics_url = tight
-    model = {"model": CHAT_MODEL}
-
-    def gauges() -> tuple[float, float]:
-        now = scrape(metrics_url)
-        return now.value("tokenwire_engine_waiting_requests", **model), now.value(
-            "tokenwire_engine_running_sequences", **model
-        )
-
-    def eventually(expected: tuple[float, float]) -> None:
-        deadline = time.monotonic() + 20
-        while gauges() != expected:
-            assert time.monotonic() < deadline, f"(waiting, running) stayed {gauges()}, not {expected}"
-            time.sleep(0.1)
-
-    eventually((0, 0))
-    aborted_before = scrape(metrics_url).value(
-        "tokenwire_engine_sequences_finished_total", finish_reason="aborted", **model
-    )
+    _eventually(metrics_url, (0, 0))
+    aborted_before = _aborted(metrics_url)
     with httpx.Client(base_url=url, timeout=60) as http:
         with http.stream("POST", "/v1/chat/completions", json=LONG) as running:
             running_lines = running.iter_lines()
             assert _first_line(running_lines)
-            eventually((0, 1))
+            _eventually(metrics_url, (0, 1))
             with http.stream("POST", "/v1/chat/completions", json=LONG) as waiting:
                 assert waiting.status_code == 200
-                eventually((1, 1))
-            eventually((0, 1))
-    eventually((0, 0))
-    aborted = scrape(metrics_url).value("tokenwire_engine_sequences_finished_total", finish_reason="aborted", **model)
-    assert aborted - aborted_before == 2
+                _eventually(metrics_url, (1, 1))
+            _eventually(metrics_url, (0, 1))
+    _eventually(metrics_url, (0, 0))
+    assert _aborted(metrics_url) - aborted_before == 2

@@ -1,6 +1,8 @@
 """Text completions through the real stack."""
 from __future__ import annotations
 
+import pytest
+
 from .conftest import CHAT_MODEL
 
 
@@ -16,6 +18,20 @@ def test_list_of_prompts_with_n_orders_choices_by_prompt_then_sample(client):
     # Each prompt is counted once, each of its n samples separately.
     assert reply.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles)
     assert reply.usage.completion_tokens == 2 * sum(s.usage.completion_tokens for s in singles)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_more_prompts_than_the_worker_queues_at_once(client, stream):
+    # The worker queues 256 requests: one call per prompt, all at once, was a 429 every time.
+    prompts = [f"hi {i}" for i in range(300)]
+    args = dict(model=CHAT_MODEL, prompt=prompts, max_tokens=1, temperature=0)
+    if stream:
+        indices = [c.index for chunk in client.completions.create(stream=True, **args) for c in chunk.choices]
+        assert sorted(set(indices)) == list(range(len(prompts)))
+    else:
+        reply = client.completions.create(**args)
+        assert [c.index for c in reply.choices] == list(range(len(prompts)))
+        assert all(c.finish_reason in ("stop", "length") for c in reply.choices)
 
 
 def test_token_id_prompt_equals_text_prompt(client, http):

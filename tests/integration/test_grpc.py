@@ -65,6 +65,56 @@ def test_stream_is_prompt_info_then_deltas_then_usage(channel):
     assert unary.sequences[0].finish == deltas[-1].finish
 
 
+GENERATION_TIMINGS = (
+    "x-validation-time-ms", "x-queue-time-ms", "x-inference-time-ms", "x-time-to-first-token-ms", "x-time-per-token-ms"
+)
+
+
+def _timings(trailing: dict[str, str], keys: tuple[str, ...]) -> dict[str, float]:
+    timings = {key: float(trailing[key]) for key in keys}
+    assert all(0 <= value < 60_000 for value in timings.values()), timings
+    return timings
+
+
+def test_trailing_metadata_echoes_the_request_id_with_timings(channel):
+    stub = generation_pb2_grpc.GenerationStub(channel)
+    request = generation_pb2.GenerateRequest(chat=CHAT, stopping=generation_pb2.StoppingCriteria(max_new_tokens=5))
+    _, call = stub.Generate.with_call(request, metadata=[("x-request-id", "unary-1")])
+    unary = dict(call.trailing_metadata())
+    assert unary["x-request-id"] == "unary-1"
+    timings = _timings(unary, GENERATION_TIMINGS)
+    assert timings["x-time-to-first-token-ms"] >= timings["x-validation-time-ms"]
+    assert timings["x-inference-time-ms"] >= timings["x-time-per-token-ms"] > 0
+
+    # The body's id wins over the metadata's.
+    stream = stub.GenerateStream(
+        generation_pb2.GenerateRequest(request_id="stream-1", chat=CHAT, stopping=request.stopping),
+        metadata=[("x-request-id", "ignored")],
+    )
+    assert list(stream)[-1].HasField("usage")
+    streamed = dict(stream.trailing_metadata())
+    assert streamed["x-request-id"] == "stream-1"
+    _timings(streamed, GENERATION_TIMINGS)
+
+    embed = embedding_pb2.EmbedRequest(request_id="embed-1", inputs=[embedding_pb2.EmbedInput(text="hello")])
+    _, call = embedding_pb2_grpc.EmbeddingStub(channel).Embed.with_call(embed)
+    embedded = dict(call.trailing_metadata())
+    assert embedded["x-request-id"] == "embed-1"
+    _timings(embedded, ("x-validation-time-ms", "x-inference-time-ms"))
+
+
+def test_errors_echo_the_request_id_and_an_unusable_one_is_replaced(channel):
+    stub = generation_pb2_grpc.GenerationStub(channel)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Generate(generation_pb2.GenerateRequest(request_id="missing-1", model="nope/nope", text="hi"))
+    assert dict(caught.value.trailing_metadata())["x-request-id"] == "missing-1"
+    request = generation_pb2.GenerateRequest(
+        request_id="café", text="hi", stopping=generation_pb2.StoppingCriteria(max_new_tokens=1)
+    )
+    _, call = stub.Generate.with_call(request)
+    assert len(dict(call.trailing_metadata())["x-request-id"]) == 32  # a fresh uuid4 hex
+
+
 def test_invalid_argument_carries_field_violation(channel):
     request = generation_pb2.GenerateRequest(text="hi", sampling=generation_pb2.SamplingParams(top_p=1.5))
     with pytest.raises(grpc.RpcError) as caught:

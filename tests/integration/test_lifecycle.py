@@ -1,17 +1,23 @@
-"""The processes as an operator runs them: `tokenwire serve`, and a worker draining on SIGTERM."""
+"""The processes as an operator runs them: `tokenwire serve`, a worker loading its models, and a
+worker draining on SIGTERM."""
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 
 import grpc
 import httpx
 import openai
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from tests.conftest import CACHE_DIR
 from tests.prometheus import scrape
-from tests.servers import free_port, grpc_serving, start, start_worker
-from tokenwire.v1 import generation_pb2, generation_pb2_grpc
+from tests.servers import WORKER_START_TIMEOUT_S, free_port, grpc_serving, start, start_bridge, start_worker
+from tokenwire.v1 import generation_pb2, generation_pb2_grpc, models_pb2, models_pb2_grpc
 
 from .conftest import CHAT_MODEL
 
@@ -55,11 +61,15 @@ def _answers(address: str) -> bool:
         return False
 
 
-def test_sigterm_lets_in_flight_streams_finish(tmp_path):
-    address, worker = start_worker(
+def _chat_worker(tmp_path, shutdown_grace_s: int):
+    return start_worker(
         tmp_path, "--cache-dir", str(CACHE_DIR), "--no-default-models", "--model", CHAT_MODEL,
-        "--shutdown-grace", "30",
+        "--shutdown-grace", str(shutdown_grace_s),
     )
+
+
+def test_sigterm_lets_in_flight_streams_finish(tmp_path):
+    address, worker = _chat_worker(tmp_path, shutdown_grace_s=30)
     try:
         request = generation_pb2.GenerateRequest(
             text="Write a long story.",
@@ -76,5 +86,108 @@ def test_sigterm_lets_in_flight_streams_finish(tmp_path):
             reader.join(timeout=60)
         assert events[-1].HasField("usage") and events[-1].usage.completion_tokens == 150
         assert worker.process.wait(timeout=60) == 0
+    finally:
+        worker.stop()
+
+
+def test_sigterm_after_the_grace_period_aborts_streams_that_still_end_ok(tmp_path):
+    address, worker = _chat_worker(tmp_path, shutdown_grace_s=1)
+    try:
+        request = generation_pb2.GenerateRequest(
+            text="Write a long story.",
+            stopping=generation_pb2.StoppingCriteria(max_new_tokens=3000, ignore_eos=True),
+            response=generation_pb2.ResponseOptions(token_ids=True),
+        )
+        with grpc.insecure_channel(address) as channel:
+            stub = generation_pb2_grpc.GenerationStub(channel)
+            unary = stub.Generate.future(request)  # sent first: in flight once the stream has begun
+            stream = stub.GenerateStream(request, metadata=[("x-request-id", "long-1")])
+            assert next(stream).HasField("prompt_info")
+            events: list = []
+            reader = threading.Thread(target=lambda: events.extend(stream))
+            reader.start()
+            worker.process.send_signal(signal.SIGTERM)
+            reader.join(timeout=60)
+            assert stream.code() == grpc.StatusCode.OK
+            assert dict(stream.trailing_metadata())["x-request-id"] == "long-1"
+            [*deltas, last] = events
+            assert last.HasField("usage") and {e.WhichOneof("event") for e in deltas} == {"delta"}
+            assert deltas[-1].delta.finish.reason == generation_pb2.FINISH_REASON_ABORTED
+            assert 0 < last.usage.completion_tokens == sum(len(e.delta.token_ids) for e in deltas) < 3000
+            response = unary.result(timeout=60)
+            assert response.sequences[0].finish.reason == generation_pb2.FINISH_REASON_ABORTED
+            assert response.usage.completion_tokens == len(response.sequences[0].token_ids) > 0
+        assert worker.process.wait(timeout=60) == 0
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize("command", ["worker", "serve"])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--price", "foo/bar=1,2"], "--price names models that are not served: foo/bar"),
+        (["--model", "/nowhere/model.gguf"], "model '/nowhere/model.gguf': /nowhere/model.gguf does not exist"),
+    ],
+    ids=["price", "model-path"],
+)
+def test_flags_that_need_no_model_are_checked_before_loading(command, flags, message):
+    ports = ["--grpc-port", str(free_port())] + (["--http-port", str(free_port())] if command == "serve" else [])
+    result = subprocess.run(
+        [sys.executable, "-m", "tokenwire.cli", command, *ports, *flags],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert result.stderr.splitlines() == [f"tokenwire worker: {message}"] and not result.stdout
+
+
+def test_models_are_unavailable_while_loading(tmp_path):
+    """A client that lists the models at start-up must not conclude that its model does not exist."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    bridge_url, bridge = start_bridge(tmp_path, address)
+    worker = start("worker", ["worker", "--grpc-port", str(port), "--cache-dir", str(CACHE_DIR)], tmp_path)
+    try:
+        worker.wait_until(lambda: not grpc_serving(address), 60)  # listening, still loading
+        with grpc.insecure_channel(address) as channel:
+            models = models_pb2_grpc.ModelsStub(channel)
+            for call in (
+                lambda: models.ListModels(models_pb2.ListModelsRequest()),
+                lambda: models.GetModel(models_pb2.GetModelRequest(id=CHAT_MODEL)),
+            ):
+                with pytest.raises(grpc.RpcError) as caught:
+                    call()
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                [detail] = rpc_status.from_call(caught.value).details
+                info = error_details_pb2.ErrorInfo()
+                assert detail.Unpack(info) and info.reason == "NOT_READY"
+            assert httpx.get(f"{bridge_url}/v1/models", timeout=10).status_code == 503
+            assert not grpc_serving(address)  # all of the above happened while loading
+            worker.wait_until(lambda: grpc_serving(address), WORKER_START_TIMEOUT_S)
+            assert CHAT_MODEL in {m.id for m in models.ListModels(models_pb2.ListModelsRequest()).models}
+    finally:
+        worker.stop()
+        bridge.stop()
+
+
+def test_a_frozen_worker_fails_metadata_calls_fast(tmp_path):
+    address, worker = start_worker(
+        tmp_path, "--cache-dir", str(CACHE_DIR), "--no-default-models", "--model", CHAT_MODEL
+    )
+    try:
+        url, bridge = start_bridge(tmp_path, address)
+        try:
+            assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 200
+            worker.process.send_signal(signal.SIGSTOP)
+            try:
+                # The metadata deadline is a few seconds, the request timeout ten minutes.
+                for path in ("/v1/models", "/health"):
+                    response = httpx.get(f"{url}{path}", timeout=60)
+                    assert response.status_code == 504 and response.json()["error"]["type"] == "timeout"
+            finally:
+                worker.process.send_signal(signal.SIGCONT)
+            assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 200
+        finally:
+            bridge.stop()
     finally:
         worker.stop()

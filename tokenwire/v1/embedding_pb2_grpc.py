@@ -27,6 +27,10 @@ if _version_not_supported:
 
 class EmbeddingStub:
     """Sentence embeddings.
+
+    Trailing metadata: x-request-id (as for Generation) and timings in milliseconds, one decimal:
+    x-validation-time-ms (validation and tokenization) and x-inference-time-ms (the embedding,
+    batched with concurrent calls' inputs, waiting for the batch included).
     """
 
     def __init__(self, channel):
@@ -44,6 +48,10 @@ class EmbeddingStub:
 
 class EmbeddingServicer:
     """Sentence embeddings.
+
+    Trailing metadata: x-request-id (as for Generation) and timings in milliseconds, one decimal:
+    x-validation-time-ms (validation and tokenization) and x-inference-time-ms (the embedding,
+    batched with concurrent calls' inputs, waiting for the batch included).
     """
 
     def Embed(self, request, context):
@@ -70,6 +78,10 @@ def add_EmbeddingServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Embedding:
     """Sentence embeddings.
+
+    Trailing metadata: x-request-id (as for Generation) and timings in milliseconds, one decimal:
+    x-validation-time-ms (validation and tokenization) and x-inference-time-ms (the embedding,
+    batched with concurrent calls' inputs, waiting for the batch included).
     """
 
     @staticmethod

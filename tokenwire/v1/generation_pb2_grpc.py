@@ -32,7 +32,18 @@ class GenerationStub:
     INVALID_ARGUMENT (bad parameters, prompt over the context length), NOT_FOUND (unknown model,
     version or deploy id), FAILED_PRECONDITION (this model cannot serve the request),
     RESOURCE_EXHAUSTED (queue full; RetryInfo says when to retry), UNAVAILABLE (loading, draining).
-    A time limit is not an error: the sequence finishes with FINISH_REASON_TIME_LIMIT.
+    A time limit is not an error: the sequence finishes with FINISH_REASON_TIME_LIMIT. Nor is a
+    shutdown whose grace period runs out: unfinished sequences end with FINISH_REASON_ABORTED and
+    the Usage still comes.
+
+    Trailing metadata of both calls: x-request-id (the request's id, see request_id; failed calls
+    carry it too) and timings in milliseconds, one decimal (e.g. "12.3"):
+    x-validation-time-ms      validation, tokenization and chat template;
+    x-queue-time-ms           waiting for room in the running batch;
+    x-inference-time-ms       from admission to the batch to the last token;
+    x-time-to-first-token-ms  from the call's arrival to the first generated token;
+    x-time-per-token-ms       x-inference-time-ms over the tokens of the longest sequence.
+    A timing whose stage never happened (no token generated) is left out.
     """
 
     def __init__(self, channel):
@@ -60,7 +71,18 @@ class GenerationServicer:
     INVALID_ARGUMENT (bad parameters, prompt over the context length), NOT_FOUND (unknown model,
     version or deploy id), FAILED_PRECONDITION (this model cannot serve the request),
     RESOURCE_EXHAUSTED (queue full; RetryInfo says when to retry), UNAVAILABLE (loading, draining).
-    A time limit is not an error: the sequence finishes with FINISH_REASON_TIME_LIMIT.
+    A time limit is not an error: the sequence finishes with FINISH_REASON_TIME_LIMIT. Nor is a
+    shutdown whose grace period runs out: unfinished sequences end with FINISH_REASON_ABORTED and
+    the Usage still comes.
+
+    Trailing metadata of both calls: x-request-id (the request's id, see request_id; failed calls
+    carry it too) and timings in milliseconds, one decimal (e.g. "12.3"):
+    x-validation-time-ms      validation, tokenization and chat template;
+    x-queue-time-ms           waiting for room in the running batch;
+    x-inference-time-ms       from admission to the batch to the last token;
+    x-time-to-first-token-ms  from the call's arrival to the first generated token;
+    x-time-per-token-ms       x-inference-time-ms over the tokens of the longest sequence.
+    A timing whose stage never happened (no token generated) is left out.
     """
 
     def Generate(self, request, context):
@@ -106,7 +128,18 @@ class Generation:
     INVALID_ARGUMENT (bad parameters, prompt over the context length), NOT_FOUND (unknown model,
     version or deploy id), FAILED_PRECONDITION (this model cannot serve the request),
     RESOURCE_EXHAUSTED (queue full; RetryInfo says when to retry), UNAVAILABLE (loading, draining).
-    A time limit is not an error: the sequence finishes with FINISH_REASON_TIME_LIMIT.
+    A time limit is not an error: the sequence finishes with FINISH_REASON_TIME_LIMIT. Nor is a
+    shutdown whose grace period runs out: unfinished sequences end with FINISH_REASON_ABORTED and
+    the Usage still comes.
+
+    Trailing metadata of both calls: x-request-id (the request's id, see request_id; failed calls
+    carry it too) and timings in milliseconds, one decimal (e.g. "12.3"):
+    x-validation-time-ms      validation, tokenization and chat template;
+    x-queue-time-ms           waiting for room in the running batch;
+    x-inference-time-ms       from admission to the batch to the last token;
+    x-time-to-first-token-ms  from the call's arrival to the first generated token;
+    x-time-per-token-ms       x-inference-time-ms over the tokens of the longest sequence.
+    A timing whose stage never happened (no token generated) is left out.
     """
 
     @staticmethod

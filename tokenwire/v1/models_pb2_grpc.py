@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class ModelsStub:
-    """Missing associated documentation comment in .proto file."""
+    """Both calls are UNAVAILABLE (ErrorInfo NOT_READY) while the worker is loading its models.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -47,7 +48,8 @@ class ModelsStub:
 
 
 class ModelsServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Both calls are UNAVAILABLE (ErrorInfo NOT_READY) while the worker is loading its models.
+    """
 
     def ListModels(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -84,7 +86,8 @@ def add_ModelsServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Models:
-    """Missing associated documentation comment in .proto file."""
+    """Both calls are UNAVAILABLE (ErrorInfo NOT_READY) while the worker is loading its models.
+    """
 
     @staticmethod
     def ListModels(request,

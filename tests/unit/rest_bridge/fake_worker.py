@@ -6,17 +6,23 @@ Its behaviour is chosen by the prompt text:
 - "break": one delta, then UNAVAILABLE;
 - "slow": a delta every 20 ms until cancelled (cancellation is recorded);
 - anything else: each sequence says "echo: <prompt>" in three deltas, the last with finish STOP.
+
+Generation calls can be made to take a while (`Generation.latency_s`), and a worker with
+`Generation.capacity` refuses calls beyond that many open at once, as a full queue does (BUSY).
 """
 from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service.errors import ContextLengthExceeded, ModelNotFound, NotReady, QueueFull
+from service.servicers.auth import ApiKeyInterceptor
 from service.servicers.status import abort_with_error
 from tokenwire.v1 import (
     common_pb2,
@@ -62,6 +68,8 @@ class Record:
     metadata: list[dict[str, str]] = field(default_factory=list)
     received: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    # The most generation calls admitted and open at once.
+    most_open: int = 0
 
     def keep(self, request: object, context: grpc.aio.ServicerContext) -> None:
         self.received.set()
@@ -93,18 +101,34 @@ def _prompt_info(request: generation_pb2.GenerateRequest) -> generation_pb2.Prom
 class Generation(generation_pb2_grpc.GenerationServicer):
     def __init__(self, record: Record) -> None:
         self.record = record
+        self.capacity: int | None = None
+        self.latency_s = 0.0
+        self._open = 0
 
-    async def _admit(self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> str:
+    @asynccontextmanager
+    async def _admitted(
+        self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[str]:
+        """The prompt text of an admitted request, counted as open until the block ends."""
         self.record.keep(request, context)
         text = prompt_text(request)
         if text == "overflow":
             await abort_with_error(context, OVERFLOW)
-        if text == "busy":
+        if text == "busy" or (self.capacity is not None and self._open >= self.capacity):
             await abort_with_error(context, BUSY)
-        return text
+        self._open += 1
+        self.record.most_open = max(self.record.most_open, self._open)
+        try:
+            await asyncio.sleep(self.latency_s)
+            yield text
+        finally:
+            self._open -= 1
 
     async def Generate(self, request, context):
-        text = await self._admit(request, context)
+        async with self._admitted(request, context) as text:
+            return await self._generate(request, text)
+
+    async def _generate(self, request: generation_pb2.GenerateRequest, text: str) -> generation_pb2.GenerateResponse:
         if text == "slow":
             try:
                 await asyncio.sleep(30)
@@ -121,7 +145,13 @@ class Generation(generation_pb2_grpc.GenerationServicer):
         )
 
     async def GenerateStream(self, request, context):
-        text = await self._admit(request, context)
+        async with self._admitted(request, context) as text:
+            async for message in self._generate_stream(request, text, context):
+                yield message
+
+    async def _generate_stream(
+        self, request: generation_pb2.GenerateRequest, text: str, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[generation_pb2.GenerateStreamResponse]:
         yield generation_pb2.GenerateStreamResponse(prompt_info=_prompt_info(request))
         if text == "slow":
             try:
@@ -211,12 +241,15 @@ class FakeWorker:
     address: str
     record: Record
     health: health.aio.HealthServicer
+    generation: Generation
 
 
-async def start_fake_worker() -> FakeWorker:
+async def start_fake_worker(api_keys: Sequence[str] = ()) -> FakeWorker:
+    """A fake worker; with `api_keys`, its tokenwire.v1 calls need one of them, as the worker's do."""
     record = Record()
-    server = grpc.aio.server()
-    generation_pb2_grpc.add_GenerationServicer_to_server(Generation(record), server)
+    server = grpc.aio.server(interceptors=[ApiKeyInterceptor(api_keys)] if api_keys else None)
+    generation = Generation(record)
+    generation_pb2_grpc.add_GenerationServicer_to_server(generation, server)
     embedding_pb2_grpc.add_EmbeddingServicer_to_server(Embedding(record), server)
     models_pb2_grpc.add_ModelsServicer_to_server(Models(), server)
     tokenization_pb2_grpc.add_TokenizationServicer_to_server(Tokenization(record), server)
@@ -225,4 +258,6 @@ async def start_fake_worker() -> FakeWorker:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    return FakeWorker(server=server, address=f"127.0.0.1:{port}", record=record, health=health_servicer)
+    return FakeWorker(
+        server=server, address=f"127.0.0.1:{port}", record=record, health=health_servicer, generation=generation
+    )

@@ -9,6 +9,7 @@ import grpc
 
 from rest_bridge import translate
 from rest_bridge.errors import openai_param
+from rest_bridge.fanout import PromptStreams
 from rest_bridge.schemas import ChatCompletionRequest, CompletionRequest
 from rest_bridge.sse import generation_events
 from tokenwire.v1 import common_pb2, generation_pb2
@@ -171,10 +172,11 @@ def test_non_streaming_answers() -> None:
 
 
 class ListCall:
-    """Stands in for a GenerateStream call whose PromptInfo was already read."""
+    """Stands in for a GenerateStream call: a prompt info, the deltas, the usage."""
 
     def __init__(self, *deltas: generation_pb2.SequenceDelta) -> None:
-        self._messages = [generation_pb2.GenerateStreamResponse(delta=d) for d in deltas]
+        self._messages = [generation_pb2.GenerateStreamResponse(prompt_info=generation_pb2.PromptInfo())]
+        self._messages += [generation_pb2.GenerateStreamResponse(delta=d) for d in deltas]
         self._messages.append(generation_pb2.GenerateStreamResponse(usage=common_pb2.Usage(completion_tokens=3)))
 
     async def read(self) -> Any:
@@ -185,7 +187,8 @@ class ListCall:
 
 
 async def stream_choices(fmt: translate.GenerationFormat, call: ListCall) -> list[dict[str, Any]]:
-    events = [event async for event in generation_events(fmt, [call], HEADER, 1, False, True)]
+    streams = PromptStreams([lambda: call])
+    events = [event async for event in generation_events(fmt, streams, HEADER, 1, False, True)]
     assert events[-1] == b"data: [DONE]\n\n"
     return [json.loads(event[len(b"data: ") :])["choices"][0] for event in events[:-1]]
 

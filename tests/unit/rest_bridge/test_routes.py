@@ -5,14 +5,19 @@ import asyncio
 import base64
 import json
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
 from grpc_health.v1 import health_pb2
 from starlette.applications import Starlette
 
+from rest_bridge.app import create_app
+from rest_bridge.config import BridgeSettings
+from rest_bridge.upstream import METADATA_TIMEOUT_S, Upstream
 from tests.unit.rest_bridge.fake_worker import EMBEDDING_MODEL, GENERATION_MODEL, FakeWorker
 from tokenwire.v1 import generation_pb2
 
@@ -160,6 +165,48 @@ async def test_health(client: httpx.AsyncClient, fake_worker: FakeWorker) -> Non
     await fake_worker.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     down = await client.get("/health")
     assert down.status_code == 503 and down.json()["error"]["type"] == "server_error"
+
+
+class _Stuck(grpc.GenericRpcHandler):
+    """Every method of a worker that accepts calls and never answers them."""
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        async def never(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            await asyncio.sleep(3600)
+            return b""
+
+        return grpc.unary_unary_rpc_method_handler(never)
+
+
+@pytest.fixture
+async def stuck_worker() -> AsyncIterator[str]:
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_Stuck(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}"
+    await server.stop(grace=None)
+
+
+async def test_metadata_calls_to_a_stuck_worker_fail_fast(stuck_worker: str) -> None:
+    app = create_app(BridgeSettings(worker_address=stuck_worker, request_timeout=600))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge") as http:
+        paths = ("/v1/models", f"/v1/models/{GENERATION_MODEL}", "/health")
+        # Bounded well above the metadata deadline, far below the request timeout.
+        answers = await asyncio.wait_for(asyncio.gather(*(http.get(path) for path in paths)), 12 * METADATA_TIMEOUT_S)
+    await app.state.upstream.close()
+    for answer in answers:
+        assert answer.status_code == 504
+        assert answer.json()["error"] == {
+            "message": "The request timed out.", "type": "timeout", "param": None, "code": None
+        }
+
+
+def test_the_metadata_deadline_caps_the_request_timeout() -> None:
+    assert Upstream("w", timeout=600).call_options("r")["timeout"] == 600
+    assert Upstream("w", timeout=600).call_options("r", METADATA_TIMEOUT_S)["timeout"] == METADATA_TIMEOUT_S
+    assert Upstream("w", timeout=None).call_options("r", METADATA_TIMEOUT_S)["timeout"] == METADATA_TIMEOUT_S
+    assert Upstream("w", timeout=1).call_options("r", METADATA_TIMEOUT_S)["timeout"] == 1
 
 
 async def test_tokenize_and_detokenize(client: httpx.AsyncClient) -> None:

@@ -1,12 +1,14 @@
 """SSE framing, byte for byte, and generation streams from real gRPC calls to the fake worker."""
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator
 
 import pytest
 
 from rest_bridge import translate
+from rest_bridge.fanout import PromptStreams
 from rest_bridge.schemas import ChatCompletionRequest, CompletionRequest
 from rest_bridge.sse import DONE, encode_event, generation_events
 from rest_bridge.upstream import Upstream
@@ -35,10 +37,10 @@ async def run_stream(
     n: int,
     include_usage: bool,
 ) -> bytes:
-    calls = [upstream.stubs().generation.GenerateStream(r, **upstream.call_options("t")) for r in requests]
-    for call in calls:
-        assert (await call.read()).HasField("prompt_info")
-    return b"".join([event async for event in generation_events(fmt, calls, HEADER, n, include_usage)])
+    stub = upstream.stubs().generation
+    streams = PromptStreams([functools.partial(stub.GenerateStream, r, **upstream.call_options("t")) for r in requests])
+    assert len(await streams.admitted()) == len(requests)
+    return b"".join([event async for event in generation_events(fmt, streams, HEADER, n, include_usage)])
 
 
 def chunk(choices: list[dict[str, object]], **extra: object) -> bytes:

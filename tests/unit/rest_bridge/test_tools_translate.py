@@ -143,7 +143,7 @@ class _FakeStreamCall:
     """Just what generation_events uses of a grpc.aio stream call: read() and cancel()."""
 
     def __init__(self, messages: list[generation_pb2.GenerateStreamResponse]) -> None:
-        self._messages = list(messages)
+        self._messages = [generation_pb2.GenerateStreamResponse(prompt_info=generation_pb2.PromptInfo()), *messages]
         self.cancelled = False
 
     async def read(self):
@@ -164,6 +164,7 @@ def _delta(text: str = "", calls: tuple[generation_pb2.ToolCallDelta, ...] = (),
 
 
 async def test_streamed_tool_calls_come_after_content_and_carry_the_finish_reason() -> None:
+    from rest_bridge.fanout import PromptStreams
     from rest_bridge.sse import DONE, generation_events
 
     first = generation_pb2.ToolCallDelta(index=0, id="call_1", type="function", function=generation_pb2.FunctionCall(name="f"))
@@ -176,7 +177,8 @@ async def test_streamed_tool_calls_come_after_content_and_carry_the_finish_reaso
         _delta(calls=(last,), reason=generation_pb2.FINISH_REASON_TOOL_CALLS),  # finish with the last fragment
     ])
     header = translate.ResponseHeader(id="chatcmpl-1", created=1, model="m")
-    events = [event async for event in generation_events(translate.CHAT, [call], header, 1, False)]
+    streams = PromptStreams([lambda: call])
+    events = [event async for event in generation_events(translate.CHAT, streams, header, 1, False)]
     assert events[-1] == DONE and call.cancelled
     choices = [json.loads(event[6:])["choices"][0] for event in events[:-1]]
     assert [choice["delta"] for choice in choices] == [

@@ -238,6 +238,23 @@ async def test_full_queue_raises_queue_full(small_engine, tokenizer):
     waiting.cancel()
 
 
+async def test_abort_all_finishes_running_and_waiting_requests_with_aborted(small_engine, tokenizer):
+    stopping = StoppingParams(max_new_tokens=2000, ignore_eos=True)
+    running = small_engine.submit(_request(tokenizer, "Write a very long story.", stopping=stopping))
+    first = await running.__anext__()
+    waiting = small_engine.submit(_request(tokenizer, "hi"))
+    small_engine.abort_all()
+    rest = [update async for update in running]
+    queued = [update async for update in waiting]
+    assert rest[-1].finish.reason is FinishReason.ABORTED and all(u.finish is None for u in [first, *rest[:-1]])
+    assert 0 < len(first.token_ids) + sum(len(u.token_ids) for u in rest) < 2000
+    assert [(u.index, u.token_ids, u.finish.reason) for u in queued] == [(0, (), FinishReason.ABORTED)]
+    assert small_engine.waiting_count == 0
+    # The engine goes on: the slot is free again.
+    texts, _, finishes = await asyncio.wait_for(_collect(small_engine, _request(tokenizer, "Say hi.")), 30)
+    assert finishes[0].reason is not FinishReason.ABORTED and texts[0]
+
+
 async def test_time_limit_ends_the_sequence_with_time_limit(generation_model, tokenizer):
     stopping = StoppingParams(max_new_tokens=4000, ignore_eos=True, time_limit_s=0.3)
     _, ids, finishes = await _collect(
