@@ -10,7 +10,9 @@ and known at startup: `slots × context × bytes_per_token`, reported by `worst_
 
 Keys are stored transposed, [slots, kv_heads, head_dim, capacity]: decode attention multiplies
 queries by a window of them, and the CPU's bf16 batched matrix product is fast for a strided
-window only when the window is the product's plain (untransposed) right operand.
+window only when the window is the product's plain (untransposed) right operand. tokenwire's own
+decode kernel (decode_attention.cpp) likes it too: each dimension's keys are a run of positions,
+so 32 positions' scores take one cache line per dimension.
 
 Admission is by slot: a request with n sequences is admitted when n slots are free; any slot can
 hold any request the servicer accepted (prompt + max_new_tokens ≤ context). Lowest slots are

@@ -4,8 +4,9 @@ transformers' generic forward spends most of a small model's decode step in Pyth
 overhead. This module keeps only the arithmetic: fused QKV and gate/up projections, a rotary
 table computed once by the model's own rotary module (so llama3, linear and YaRN scaling come for
 free), and attention over the engine's slot cache (`kv_cache.SlotCache`) for a whole step at once:
-the decode rows of every running sequence in one batch of small matrix products, each prompt chunk
-in its own SDPA call.
+the decode rows of every running sequence in one call (tokenwire's decode_attention kernel on
+CPU, see native.py; elsewhere one batch of small matrix products), each prompt chunk in its own
+SDPA call.
 
 Weights are taken from a loaded transformers model, so both run the same numbers.
 """
@@ -16,6 +17,7 @@ from typing import Final, List, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+from service.engine import native
 from service.engine.kv_cache import SlotCache
 from service.engine.quantized import Linear, Quantization
 from service.engine.torchscript import script
@@ -75,6 +77,7 @@ class _Forward(torch.nn.Module):
     head_dim: Final[int]
     scale: Final[float]
     eps: Final[float]
+    native_attention: Final[bool]  # decode attention through tokenwire's kernel (native.py)
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype, quantization: Quantization, max_length: int) -> None:
         super().__init__()
@@ -92,6 +95,12 @@ class _Forward(torch.nn.Module):
         self.lm_head = Linear(model.lm_head.weight, None, head_mode, dtype)
         self.layers = torch.nn.ModuleList(_Layer(layer, quantization, dtype) for layer in inner.layers)
         device = self.embed.device
+        self.native_attention = (
+            device.type == "cpu"
+            and dtype in (torch.bfloat16, torch.float32)
+            and self.head_dim in native.DECODE_HEAD_DIMS
+            and native.available()
+        )
         positions = torch.arange(max_length, device=device).unsqueeze(0)
         probe = torch.empty((), device=device, dtype=torch.float32)
         with torch.no_grad():
@@ -116,7 +125,9 @@ class _Forward(torch.nn.Module):
             qkv = layer.qkv(x, quantized_rows).view(-1, self.heads + 2 * self.kv_heads, self.head_dim)
             qk = _rotate(qkv[:, : self.heads + self.kv_heads], cos, sin)
             q, k, v = qk[:, : self.heads], qk[:, self.heads :], qkv[:, self.heads + self.kv_heads :]
-            attended = _attend(plan, attention, q, k, v, keys[index], values[index], self.scale)
+            attended = _attend(
+                plan, attention, q, k, v, keys[index], values[index], self.scale, self.native_attention
+            )
             hidden = hidden + layer.out(attended.reshape(-1, q_size), quantized_rows)
             x = self._norm(hidden, layer.post_norm)
             gate, up = layer.gate_up(x, quantized_rows).chunk(2, dim=-1)
@@ -251,8 +262,9 @@ class _AttentionPlan(NamedTuple):
     """How one step's tokens attend.
 
     Each multi-token entry (a prompt chunk) attends alone, causally, to its slot's earlier
-    positions and itself. The decode entries (one token each) attend together: every slot of
-    their window reads the longest row's length of keys, masked to its own. A row's result still
+    positions and itself. The decode entries (one token each) attend together. tokenwire's
+    kernel reads each row's own positions in its slot. Without it, every slot of their window
+    reads the longest row's length of keys, masked to its own; a row's result still
     depends on its own length only, so the batch a sequence runs in does not change its tokens:
     the batched products compute each (slot, kv head) matrix alone, and masked keys add exact
     zeros as long as the length read is a multiple of DECODE_ALIGN (float32 kernels change their
@@ -353,10 +365,12 @@ def _attend(
     keys: torch.Tensor,
     values: torch.Tensor,
     scale: float,
+    native_decode: bool,
 ) -> torch.Tensor:
     """q, k, v: [tokens, heads, head_dim] for the whole step; writes k, v into one layer's
     cache (see SlotCache for the layouts) and returns the attention output [tokens, heads,
-    head_dim]."""
+    head_dim]. `native_decode`: decode rows through tokenwire's kernel (see native.py), else
+    through torch's batched products over the window of slots."""
     decode = plan.decode
     attended = q  # assigned below whenever it is read
     if decode is not None:
@@ -365,27 +379,21 @@ def _attend(
             new_keys = k.narrow(0, decode.rows[0], decode.span)
             new_values = v.narrow(0, decode.rows[0], decode.span)
         else:
-            queries = q.new_zeros(decode.span, q.shape[1], q.shape[2])
-            queries[tensors.span_rows] = q[tensors.rows]
-            new_keys, new_values = k[tensors.rows], v[tensors.rows]
-        keys[tensors.slots, :, :, tensors.positions] = new_keys
-        values[tensors.slots, :, tensors.positions] = new_values
-        # [span, kv_heads, heads per kv head, head_dim]: grouped-query attention as a batch of
-        # small matrix products, one per slot and kv head (the fused SDPA kernels are built for
-        # long queries and are slow for one query row).
-        queries = queries.reshape(decode.span, keys.shape[1], -1, q.shape[2])
-        window_keys = keys.narrow(0, decode.first_slot, decode.span)[..., : decode.length]
-        window_values = values.narrow(0, decode.first_slot, decode.span)[:, :, : decode.length]
-        scores = torch.matmul(queries, window_keys).mul_(scale)
-        scores = scores.masked_fill_(tensors.masked, float("-inf"))
-        weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-        attended = torch.matmul(weights, window_values).view(decode.span, q.shape[1], q.shape[2])
+            queries, new_keys, new_values = q[tensors.rows], k[tensors.rows], v[tensors.rows]
+        if native_decode:  # one row per decode row
+            attended = torch.ops.tokenwire.decode_attention(
+                queries, new_keys, new_values, keys, values, tensors.slots, tensors.positions, scale
+            )
+        else:  # one row per slot of the window
+            attended = _attend_window(decode, tensors, queries, new_keys, new_values, keys, values, scale)
         if decode.packed and len(plan.chunks) == 0:  # every row of the step, in order
             return attended
     out = torch.empty_like(q)
     if decode is not None:
         if decode.packed:
             out.narrow(0, decode.rows[0], decode.span).copy_(attended)
+        elif native_decode:
+            out[tensors.rows] = attended
         else:
             out[tensors.rows] = attended[tensors.span_rows]
     for chunk, mask in zip(plan.chunks, tensors.chunk_masks):
@@ -403,3 +411,34 @@ def _attend(
         )
         out.narrow(0, chunk.offset, chunk.size).copy_(attended[0].transpose(0, 1))
     return out
+
+
+def _attend_window(
+    decode: _DecodeRows,
+    tensors: _AttentionTensors,
+    queries: torch.Tensor,
+    new_keys: torch.Tensor,
+    new_values: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Decode attention with torch's batched products: writes the rows' keys and values into
+    the cache, then attends for every slot of the window [first_slot, first_slot + span) (a slot
+    without a decode row gets a discarded row)."""
+    keys[tensors.slots, :, :, tensors.positions] = new_keys
+    values[tensors.slots, :, tensors.positions] = new_values
+    if not decode.packed:
+        spread = queries.new_zeros(decode.span, queries.shape[1], queries.shape[2])
+        spread[tensors.span_rows] = queries
+        queries = spread
+    # [span, kv_heads, heads per kv head, head_dim]: grouped-query attention as a batch of
+    # small matrix products, one per slot and kv head (the fused SDPA kernels are built for
+    # long queries and are slow for one query row).
+    grouped = queries.reshape(decode.span, keys.shape[1], -1, queries.shape[2])
+    window_keys = keys.narrow(0, decode.first_slot, decode.span)[..., : decode.length]
+    window_values = values.narrow(0, decode.first_slot, decode.span)[:, :, : decode.length]
+    scores = torch.matmul(grouped, window_keys).mul_(scale)
+    scores = scores.masked_fill_(tensors.masked, float("-inf"))
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(queries.dtype)
+    return torch.matmul(weights, window_values).view(decode.span, queries.shape[1], queries.shape[2])

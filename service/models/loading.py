@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from service.config import Price, WorkerSettings
+from service.engine import native
 from service.engine.constraints import ConstraintCompiler
 from service.engine.embedder import Embedder
 from service.engine.encoder import create_encoder
@@ -74,6 +75,8 @@ def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationMode
     dtype = resolve_dtype(settings.dtype, device)
     gguf_bits = gguf_weight_bits(source.path) if source.path.suffix == ".gguf" else None
     quantization = resolve_quantization(settings.quantization, device, gguf_bits)
+    if device.type == "cpu":
+        native.available(settings.cache_dir / "kernels")  # before the runner asks, so that --cache-dir counts
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     # Quantization starts from the exact float32 values (a GGUF's grid), then computes in dtype.
     load_dtype = dtype if quantization is Quantization.NONE else torch.float32

@@ -16,12 +16,13 @@ from transformers import (
     Qwen3Config,
 )
 
+from service.engine import native
 from service.engine.llama import LlamaRunner
 from service.engine.quantized import Quantization
 from service.engine.runner import TransformersRunner, create_runner
 from service.engine.types import StepEntry
 
-SMALL = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, max_position_embeddings=256)
+SMALL = dict(vocab_size=256, hidden_size=128, intermediate_size=128, num_hidden_layers=2, max_position_embeddings=256)
 
 VARIANTS = {
     # Grouped-query attention, as Llama-3.1, SmolLM2 and Yi use it.
@@ -35,7 +36,7 @@ VARIANTS = {
     # Qwen2: biases on the q, k and v projections.
     "qkv_bias": Qwen2Config(**SMALL, num_attention_heads=4, num_key_value_heads=2),
     # Mistral-Nemo: head_dim given explicitly, not hidden_size / heads.
-    "explicit_head_dim": MistralConfig(**SMALL, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+    "explicit_head_dim": MistralConfig(**SMALL, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
                                        sliding_window=None),
 }
 
@@ -71,11 +72,23 @@ def _reference(model, prompt: list[int], new_tokens: int) -> list[int]:
     return out[0, len(prompt) :].tolist()
 
 
+@pytest.fixture(params=["native", "torch"])
+def decode_attention(request, monkeypatch) -> str:
+    """Decode attention through tokenwire's kernel, or through torch's products where the kernel
+    is not built."""
+    if request.param == "native" and not native.available():
+        pytest.skip("needs a C++ compiler and AVX512-VNNI")
+    if request.param == "torch":
+        monkeypatch.setattr(native, "available", lambda directory=None: False)
+    return request.param
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_lean_runner_matches_transformers_greedy(variant):
+def test_lean_runner_matches_transformers_greedy(variant, decode_attention):
     model = _random_model(VARIANTS[variant])
     runner = create_runner(model, slots=2, max_length=256)
     assert isinstance(runner, LlamaRunner)
+    assert runner._forward.native_attention == (decode_attention == "native")
     prompt = torch.randint(3, 256, (19,), generator=torch.Generator().manual_seed(1)).tolist()
     assert _greedy(runner, prompt, 16, chunk=8) == _reference(model, prompt, 16)
 
@@ -91,9 +104,10 @@ def test_lean_runner_logits_match_transformers(variant):
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
-def test_a_batched_step_gives_each_row_its_solo_logits():
+def test_a_batched_step_gives_each_row_its_solo_logits(decode_attention):
     model = _random_model(VARIANTS["gqa"])
     runner = create_runner(model, slots=3, max_length=256)
+    assert runner._forward.native_attention == (decode_attention == "native")
     prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]]
     solo = []
     for prompt in prompts:

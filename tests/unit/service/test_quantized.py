@@ -5,8 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.engine import quantized
+from service.engine import native, quantized
 from service.engine.quantized import Linear, Quantization
+
+# Each int4 case is one kernel: tokenwire's own where it builds here, torch's everywhere.
+KERNELS = [
+    pytest.param(Quantization.INT8, "int8", id="int8"),
+    pytest.param(Quantization.INT4, "w4a8", id="w4a8",
+                 marks=pytest.mark.skipif(not native.available(), reason="needs a C++ compiler and AVX512-VNNI")),
+    pytest.param(Quantization.INT4, "int4", id="int4-torch"),
+]
+
+
+def _linear(weight, bias, mode, kernel, monkeypatch) -> Linear:
+    if kernel == "int4":
+        monkeypatch.setattr(native, "available", lambda directory=None: False)
+    linear = Linear(weight, bias, mode, torch.bfloat16)
+    assert linear.kernel == kernel
+    return linear
 
 
 def _weights(out_features: int = 96, in_features: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
@@ -16,20 +32,20 @@ def _weights(out_features: int = 96, in_features: int = 128) -> tuple[torch.Tens
     return weight, rows
 
 
-@pytest.mark.parametrize("mode", [Quantization.INT8, Quantization.INT4])
-def test_each_row_gets_the_same_result_in_any_batch(mode):
+@pytest.mark.parametrize("mode,kernel", KERNELS)
+def test_each_row_gets_the_same_result_in_any_batch(mode, kernel, monkeypatch):
     weight, rows = _weights()
-    linear = Linear(weight, torch.randn(96), mode, torch.bfloat16)
+    linear = _linear(weight, torch.randn(96), mode, kernel, monkeypatch)
     together = linear(rows, quantized_rows=len(rows))
     for size in (1, 2, 5, 9):
         assert torch.equal(linear(rows[:size], quantized_rows=size), together[:size])
     assert torch.equal(linear(rows[7:8], quantized_rows=1), together[7:8])
 
 
-@pytest.mark.parametrize("mode", [Quantization.INT8, Quantization.INT4])
-def test_the_quantized_product_is_close_to_the_dense_one(mode):
+@pytest.mark.parametrize("mode,kernel", KERNELS)
+def test_the_quantized_product_is_close_to_the_dense_one(mode, kernel, monkeypatch):
     weight, rows = _weights()
-    linear = Linear(weight, None, mode, torch.bfloat16)
+    linear = _linear(weight, None, mode, kernel, monkeypatch)
     exact = rows.float() @ weight.T
     error = (linear(rows, quantized_rows=len(rows)).float() - exact).norm() / exact.norm()
     # 8 bits: weights and activations each round to 1/254 of their row's range; 4 bits: 1/15 of
