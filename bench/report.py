@@ -170,7 +170,8 @@ def _embeddings(result: BenchResult) -> list[str]:
             for c in result.embeddings]
     return ["### Embeddings: all-MiniLM-L6-v2, REST `/v1/embeddings` vs sentence-transformers in process", "",
             "Same sentences on both sides; REST requests ask for `encoding_format: base64`, as the openai "
-            "client does by default. Medians of alternating repeats, in sentences per second.", "",
+            "client does by default, from aiohttp clients in the bench's process (see bench/embeddings.py). "
+            "Medians of alternating repeats, in sentences per second.", "",
             *_table(("REST workload", "REST sentences/s", "in-process baseline", "in-process sentences/s",
                      "REST / in-process"), rows), ""]
 

@@ -12,13 +12,11 @@ sentences in passes of 16 pad ~13% where a pass of 32 pads ~30% (bench sentences
 pass of 16 short sentences already keeps the matrix units busy: measured 350 sentences/s against
 255-293/s in passes of 32 (all-MiniLM-L6-v2, 2 cores).
 
-Threads on CPU: every core for a lone call; all cores but one under load (merged calls, or
-calls that arrived while the last batch ran), whose clients keep the event loop and the bridge
-busy meanwhile. With 64 clients sending one sentence each, merged calls on one core measured
-155-190 sentences/s against 103-148/s on both (2 cores, three A/B rounds); 32 sentences per
-request did not change (303-367/s against 308-352/s). A lone call between merged ones took 16 ms
-on both cores for one sentence, against ~4 ms per sentence in merged batches on one; giving it
-one core too measured a median of 158 sentences/s against 136/s (three A/B rounds of 4 runs).
+Threads on CPU: every core, merged batch or lone call. Measured with 64 clients sending one
+sentence each through the bridge (aiohttp clients, all on the same 2 cores): 233-312 sentences/s
+on both cores against 154-213/s with a core left to the event loop and the bridge under load
+(five runs each). An earlier measurement had favoured the spare core; its clients (httpx) took
+~7 ms of CPU per request on the same cores, and real clients run elsewhere.
 """
 from __future__ import annotations
 
@@ -95,17 +93,14 @@ class Embedder:
         self._calls.put(None)
 
     def _serve(self) -> None:
-        arrived_meanwhile = False  # whether calls came in while the last batch ran
         while (first := self._calls.get()) is not None:
             calls, closing = self._gather(first)
             inputs = [ids for call in calls for ids in call.inputs]
             pooled: torch.Tensor | Exception
             try:
-                pooled = self._embed_all(inputs, under_load=len(calls) > 1 or arrived_meanwhile)
+                pooled = self._embed_all(inputs)
             except Exception as error:  # fails the calls of this batch, not the embedder
                 pooled = error
-            # Looked at before the batch's callers get their rows and can send their next call.
-            arrived_meanwhile = not self._calls.empty()
             start = 0
             for call in calls:
                 call.resolve(pooled if isinstance(pooled, Exception) else pooled[start : start + len(call.inputs)])
@@ -129,14 +124,9 @@ class Embedder:
         return calls, False
 
     @torch.inference_mode()
-    def _embed_all(self, inputs: list[list[int]], under_load: bool) -> torch.Tensor:
-        if self.device.type == "cpu":
-            # Compute-bound: every core while one caller waits. Under load (calls merged, or
-            # arriving while the last batch ran), more calls come in meanwhile, and the event
-            # loop (and the bridge) need a core to take them: a thread pool that waits for a
-            # busy core at every operation is slower than a smaller one.
-            cores = len(os.sched_getaffinity(0))
-            torch.set_num_threads(max(1, cores - 1) if under_load else cores)
+    def _embed_all(self, inputs: list[list[int]]) -> torch.Tensor:
+        if self.device.type == "cpu":  # compute-bound: every core (see the module's docstring)
+            torch.set_num_threads(len(os.sched_getaffinity(0)))
         order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
         out: list[torch.Tensor | None] = [None] * len(inputs)
         for start in range(0, len(order), self._forward_batch):
