@@ -57,8 +57,9 @@ def default_directory() -> pathlib.Path:
 
 def library_name() -> str:
     digest = hashlib.sha256()
-    for part in (*(path.read_bytes() for path in SOURCES + _HEADERS), torch.__version__.encode(), " ".join(_FLAGS).encode()):
-        digest.update(part)
+    for path in SOURCES + _HEADERS:
+        digest.update(path.read_bytes())
+    digest.update(f"{torch.__version__} {' '.join(_FLAGS)}".encode())
     return f"tokenwire_kernels-{digest.hexdigest()[:16]}.so"
 
 
@@ -87,6 +88,9 @@ def build(directory: pathlib.Path) -> pathlib.Path:
         os.replace(partial, target)
     finally:
         pathlib.Path(partial).unlink(missing_ok=True)
+    for stale in directory.glob("tokenwire_kernels-*.so"):  # built from other sources or torch versions
+        if stale != target:
+            stale.unlink(missing_ok=True)  # a process that loaded it keeps its mapping
     return target
 
 
