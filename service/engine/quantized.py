@@ -11,7 +11,7 @@ traffic and per-weight arithmetic: fewer bytes per weight, faster tokens.
     Q4_1 weights. 2 to 3 times faster than torch's kernel, for one row as for 16.
   - "int4", where that kernel cannot be built or run: torch's weight-only kernel (the one
     gpt-fast uses) computes in bf16 and dequantizes the weights again for every 4 rows, so a
-    step of 16 rows costs about 7 steps of one.
+    step of 16 rows costs 4 to 6 steps of one.
 - int8: weights with a scale per output channel, times activations quantized to 8 bits per row
   at run time, through oneDNN's int8 matrix product. The integer sums are exact, so a row's
   result never depends on the rows beside it, and the cost grows slowly with the rows: 16 rows
@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from service.engine import native
 
 INT4_GROUP = 32
-# The w4a8 kernel's blocks: 16 output channels by 32 inputs (w4a8.cpp lays them out).
-_W4A8_CHANNELS = 16
+# Both int4 kernels take output channels in blocks of 16 (w4a8.cpp's blocks: 16 by 32 inputs).
+_INT4_CHANNELS = 16
+_W4A8_DTYPES = (torch.bfloat16, torch.float32)
 # Activations go to oneDNN as uint8 around this zero point: codes -127..127 become 1..255.
 _ACTIVATION_ZERO = 128
 
@@ -70,8 +71,8 @@ class Linear(torch.nn.Module):
         self.dense = weight.to(dtype)
         # What the chosen kernel reads; empty for the kernels that do not use them.
         self.packed = self.scale = self.zero_points = torch.empty(0)
-        if mode is Quantization.INT4 and weight.shape[1] % INT4_GROUP:
-            mode = Quantization.INT8  # the int4 kernel needs whole groups
+        if mode is Quantization.INT4 and (weight.shape[1] % INT4_GROUP or weight.shape[0] % _INT4_CHANNELS):
+            mode = Quantization.INT8  # the int4 kernels need whole groups and blocks of channels
         weight = weight.float()
         if mode is Quantization.NONE:
             self.kernel = "dense"
@@ -91,7 +92,7 @@ class Linear(torch.nn.Module):
             low, high = groups.amin(dim=2), groups.amax(dim=2)
             scale = ((high - low) / 15).clamp(min=1e-8)
             codes = ((groups - low.unsqueeze(2)) / scale.unsqueeze(2)).round().clamp(0, 15).view_as(weight)
-            if weight.shape[0] % _W4A8_CHANNELS == 0 and native.available():
+            if dtype in _W4A8_DTYPES and native.available():
                 self.kernel = "w4a8"
                 self.packed = _pack_w4a8(codes.to(torch.uint8), scale, low)
             else:
@@ -99,7 +100,7 @@ class Linear(torch.nn.Module):
                 self.packed = torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
                 # The kernel computes (code - 8) * scale + zero; scale and zero side by side.
                 zero = low + 8 * scale
-                self.scale = torch.stack([scale, zero], dim=2).transpose(0, 1).contiguous().to(torch.bfloat16)
+                self.scale = torch.stack([scale, zero], dim=2).transpose(0, 1).contiguous().to(dtype)
 
     def forward(self, x: torch.Tensor, quantized_rows: int) -> torch.Tensor:
         """The first `quantized_rows` rows of x (decode tokens) use the quantized weights, the
@@ -134,14 +135,14 @@ class Linear(torch.nn.Module):
 def _pack_w4a8(codes: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor) -> torch.Tensor:
     """codes [out, in] (0..15), scale and minimum [out, in / 32] into w4a8.cpp's blocks:
     [out / 16, in / 32, 320] bytes."""
-    blocks, groups = codes.shape[0] // _W4A8_CHANNELS, codes.shape[1] // INT4_GROUP
+    blocks, groups = codes.shape[0] // _INT4_CHANNELS, codes.shape[1] // INT4_GROUP
     # [block, channel, group, vector, pair, byte] -> [block, group, vector, pair, channel, byte]: vector
     # v, pair p holds inputs 8v + 4p .. 8v + 4p + 3, four bytes per channel.
-    lanes = codes.view(blocks, _W4A8_CHANNELS, groups, 4, 2, 4).permute(0, 2, 3, 4, 1, 5)
+    lanes = codes.view(blocks, _INT4_CHANNELS, groups, 4, 2, 4).permute(0, 2, 3, 4, 1, 5)
     nibbles = (lanes[:, :, :, 0] | (lanes[:, :, :, 1] << 4)).reshape(blocks, groups, -1)
 
     def per_block(values: torch.Tensor) -> torch.Tensor:  # [out, groups] -> [block, group, 32 bytes]
-        halves = values.to(torch.float16).view(blocks, _W4A8_CHANNELS, groups).transpose(1, 2).contiguous()
+        halves = values.to(torch.float16).view(blocks, _INT4_CHANNELS, groups).transpose(1, 2).contiguous()
         return halves.view(torch.uint8)
 
     return torch.cat([nibbles, per_block(scale), per_block(minimum)], dim=2).contiguous()

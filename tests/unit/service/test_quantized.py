@@ -53,6 +53,17 @@ def test_the_quantized_product_is_close_to_the_dense_one(mode, kernel, monkeypat
     assert error < (0.02 if mode is Quantization.INT8 else 0.12)
 
 
+@pytest.mark.parametrize("out_features,dtype,kernel", [(88, torch.bfloat16, "int8"), (96, torch.float16, "int4")])
+def test_int4_layers_that_w4a8_cannot_take(out_features, dtype, kernel):
+    """The int4 kernels need whole blocks of 16 output channels (int8 runs instead); w4a8 needs
+    float32 or bf16 activations (torch's int4 kernel runs instead)."""
+    weight, rows = _weights(out_features)
+    linear = Linear(weight, None, Quantization.INT4, dtype)
+    assert linear.kernel == kernel
+    exact = rows.float() @ weight.T
+    assert (linear(rows.to(dtype), quantized_rows=len(rows)).float() - exact).norm() / exact.norm() < 0.12
+
+
 def test_int8_activations_are_quantized_per_row_not_per_batch():
     """A row of large values beside a row of small ones must not crush the small row's codes."""
     weight, rows = _weights()
