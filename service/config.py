@@ -16,6 +16,11 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"TOKENWIRE_{name}", default)
 
 
+def default_cache_dir() -> pathlib.Path:
+    """The worker's --cache-dir default: converted weights and built kernels go there."""
+    return pathlib.Path(_env("CACHE_DIR", str(pathlib.Path.home() / ".cache" / "tokenwire")))
+
+
 def _env_list(name: str) -> list[str]:
     return [item for item in _env(name, "").split(",") if item]
 
@@ -108,8 +113,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser, metrics_port: int = 0)
     group.add_argument(
         "--cache-dir",
         type=pathlib.Path,
-        default=pathlib.Path(_env("CACHE_DIR", str(pathlib.Path.home() / ".cache" / "tokenwire"))),
-        help="where converted weights are kept",
+        default=default_cache_dir(),
+        help="where converted weights and compiled kernels are kept",
     )
     group.add_argument("--max-running", type=int, default=int(_env("MAX_RUNNING", "16")),
                        help="sequences generated at once per model")

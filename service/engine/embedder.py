@@ -126,6 +126,7 @@ class Embedder:
     @torch.inference_mode()
     def _embed_all(self, inputs: list[list[int]]) -> torch.Tensor:
         if self.device.type == "cpu":  # compute-bound: every core (see the module's docstring)
+            # Per batch: torch's thread count is the process's, and the generation engine sets its own.
             torch.set_num_threads(len(os.sched_getaffinity(0)))
         order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
         out: list[torch.Tensor | None] = [None] * len(inputs)

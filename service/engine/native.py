@@ -31,6 +31,8 @@ import tempfile
 
 import torch
 
+from service.config import default_cache_dir
+
 log = logging.getLogger(__name__)
 
 _HERE = pathlib.Path(__file__).parent
@@ -50,9 +52,8 @@ _LIBRARY.define(
 
 
 def default_directory() -> pathlib.Path:
-    """Where `tokenwire worker` keeps built kernels by default (its --cache-dir)."""
-    cache = os.environ.get("TOKENWIRE_CACHE_DIR") or pathlib.Path.home() / ".cache" / "tokenwire"
-    return pathlib.Path(cache) / "kernels"
+    """Where `tokenwire worker` keeps built kernels by default."""
+    return default_cache_dir() / "kernels"
 
 
 def library_name() -> str:

@@ -16,11 +16,11 @@ from transformers import (
     Qwen3Config,
 )
 
-from service.engine import native
 from service.engine.llama import LlamaRunner
 from service.engine.quantized import Quantization
 from service.engine.runner import TransformersRunner, create_runner
 from service.engine.types import StepEntry
+from tests.unit.service.conftest import needs_native_kernels
 
 SMALL = dict(vocab_size=256, hidden_size=128, intermediate_size=128, num_hidden_layers=2, max_position_embeddings=256)
 
@@ -72,14 +72,12 @@ def _reference(model, prompt: list[int], new_tokens: int) -> list[int]:
     return out[0, len(prompt) :].tolist()
 
 
-@pytest.fixture(params=["native", "torch"])
-def decode_attention(request, monkeypatch) -> str:
+@pytest.fixture(params=[pytest.param("native", marks=needs_native_kernels), "torch"])
+def decode_attention(request) -> str:
     """Decode attention through tokenwire's kernel, or through torch's products where the kernel
     is not built."""
-    if request.param == "native" and not native.available():
-        pytest.skip("needs a C++ compiler and AVX512-VNNI")
     if request.param == "torch":
-        monkeypatch.setattr(native, "available", lambda directory=None: False)
+        request.getfixturevalue("without_native_kernels")
     return request.param
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from service.engine import native, quantized
+from tests.unit.service.conftest import needs_native_kernels
 
-needs_kernels = pytest.mark.skipif(not native.available(), reason="needs a C++ compiler and AVX512-VNNI")
 
 
 def _quantized_weights(out_features: int, in_features: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -35,7 +35,7 @@ def _w4a8_reference(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, m
     return activations @ weights.T
 
 
-@needs_kernels
+@needs_native_kernels
 @pytest.mark.parametrize("rows", [1, 3, 8, 13, 16])
 def test_w4a8_computes_int8_activations_times_4_bit_weights(rows):
     codes, scale, minimum = _quantized_weights(48, 96)
@@ -49,7 +49,7 @@ def test_w4a8_computes_int8_activations_times_4_bit_weights(rows):
                                rtol=1e-2, atol=1e-2)
 
 
-@needs_kernels
+@needs_native_kernels
 def test_w4a8_gives_each_row_the_same_result_alone_or_in_any_batch():
     codes, scale, minimum = _quantized_weights(64, 128)
     packed = quantized._pack_w4a8(codes, scale, minimum)
@@ -60,7 +60,7 @@ def test_w4a8_gives_each_row_the_same_result_alone_or_in_any_batch():
     assert torch.equal(torch.ops.tokenwire.w4a8_linear(x[5:14], packed), together[5:14])
 
 
-@needs_kernels
+@needs_native_kernels
 def test_w4a8_refuses_input_of_the_wrong_width():
     codes, scale, minimum = _quantized_weights(16, 64)
     with pytest.raises(RuntimeError, match="64"):
@@ -77,7 +77,7 @@ def _attention_reference(q, keys, values, slots, positions, scale):
     return torch.stack(out).view(q.shape)
 
 
-@needs_kernels
+@needs_native_kernels
 @pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (8, 2, 128), (4, 4, 32), (6, 1, 64)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_decode_attention_writes_the_new_keys_and_attends_over_each_slots_own_length(heads, kv_heads, dim, dtype):
@@ -106,7 +106,7 @@ def test_decode_attention_writes_the_new_keys_and_attends_over_each_slots_own_le
     torch.testing.assert_close(out[0].double(), v[0].double().repeat_interleave(heads // kv_heads, dim=0))
 
 
-@needs_kernels
+@needs_native_kernels
 def test_decode_attention_refuses_a_position_outside_the_cache():
     keys, values = torch.zeros(2, 1, 32, 16), torch.zeros(2, 1, 16, 32)
     q = torch.zeros(1, 2, 32)
@@ -115,7 +115,7 @@ def test_decode_attention_refuses_a_position_outside_the_cache():
                                              torch.tensor([16]), 1.0)
 
 
-@needs_kernels
+@needs_native_kernels
 def test_the_library_is_built_once_into_its_directory(tmp_path: pathlib.Path):
     (tmp_path / "tokenwire_kernels-0123456789abcdef.so").write_bytes(b"built from older sources")
     built = native.build(tmp_path)

@@ -5,21 +5,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.engine import native, quantized
+from service.engine import quantized
 from service.engine.quantized import Linear, Quantization
+from tests.unit.service.conftest import needs_native_kernels
 
 # Each int4 case is one kernel: tokenwire's own where it builds here, torch's everywhere.
 KERNELS = [
     pytest.param(Quantization.INT8, "int8", id="int8"),
-    pytest.param(Quantization.INT4, "w4a8", id="w4a8",
-                 marks=pytest.mark.skipif(not native.available(), reason="needs a C++ compiler and AVX512-VNNI")),
+    pytest.param(Quantization.INT4, "w4a8", id="w4a8", marks=needs_native_kernels),
     pytest.param(Quantization.INT4, "int4", id="int4-torch"),
 ]
 
 
-def _linear(weight, bias, mode, kernel, monkeypatch) -> Linear:
+def _linear(weight, bias, mode, kernel, request) -> Linear:
     if kernel == "int4":
-        monkeypatch.setattr(native, "available", lambda directory=None: False)
+        request.getfixturevalue("without_native_kernels")
     linear = Linear(weight, bias, mode, torch.bfloat16)
     assert linear.kernel == kernel
     return linear
@@ -33,9 +33,9 @@ def _weights(out_features: int = 96, in_features: int = 128) -> tuple[torch.Tens
 
 
 @pytest.mark.parametrize("mode,kernel", KERNELS)
-def test_each_row_gets_the_same_result_in_any_batch(mode, kernel, monkeypatch):
+def test_each_row_gets_the_same_result_in_any_batch(mode, kernel, request):
     weight, rows = _weights()
-    linear = _linear(weight, torch.randn(96), mode, kernel, monkeypatch)
+    linear = _linear(weight, torch.randn(96), mode, kernel, request)
     together = linear(rows, quantized_rows=len(rows))
     for size in (1, 2, 5, 9):
         assert torch.equal(linear(rows[:size], quantized_rows=size), together[:size])
@@ -43,9 +43,9 @@ def test_each_row_gets_the_same_result_in_any_batch(mode, kernel, monkeypatch):
 
 
 @pytest.mark.parametrize("mode,kernel", KERNELS)
-def test_the_quantized_product_is_close_to_the_dense_one(mode, kernel, monkeypatch):
+def test_the_quantized_product_is_close_to_the_dense_one(mode, kernel, request):
     weight, rows = _weights()
-    linear = _linear(weight, None, mode, kernel, monkeypatch)
+    linear = _linear(weight, None, mode, kernel, request)
     exact = rows.float() @ weight.T
     error = (linear(rows, quantized_rows=len(rows)).float() - exact).norm() / exact.norm()
     # 8 bits: weights and activations each round to 1/254 of their row's range; 4 bits: 1/15 of
