@@ -29,7 +29,8 @@ TW_AVX512 inline __m512 exp_nonpositive(__m512 x) {
   __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);  // ln 2 in two parts (Cody-Waite)
   r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
   __m512 p = _mm512_set1_ps(1.0f / 720);
-  for (const float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  for (const float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f})
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
   return _mm512_scalef_ps(p, k);
 }
 
@@ -105,19 +106,26 @@ TW_AVX512 void attend_heads(const T* query, float scale, const T* keys, const T*
   }
 }
 
-// All `group` query heads of one kv head, in blocks of heads that fit the registers.
+// Query heads that share one pass over a kv head's cache: at most 16 accumulators.
+template <int D>
+constexpr int kHeadBlock = D >= 128 ? 2 : 4;
+
+// All `group` query heads of one kv head, in blocks of kHeadBlock.
 template <typename T, int D>
 TW_AVX512 void attend_group(const T* query, int64_t group, float scale, const T* keys, const T* values,
                             int64_t capacity, int64_t length, float* scores, int64_t stride, T* out) {
-  constexpr int kBlock = D >= 128 ? 2 : 4;  // at most 16 accumulators
-  for (int64_t h = 0; h < group; h += kBlock) {
+  for (int64_t h = 0; h < group; h += kHeadBlock<D>) {
     const T* q = query + h * D;
     T* o = out + h * D;
-    switch (std::min<int64_t>(kBlock, group - h)) {
+    switch (std::min<int64_t>(kHeadBlock<D>, group - h)) {
       case 1: attend_heads<T, D, 1>(q, scale, keys, values, capacity, length, scores, stride, o); break;
       case 2: attend_heads<T, D, 2>(q, scale, keys, values, capacity, length, scores, stride, o); break;
-      case 3: if constexpr (kBlock >= 3) attend_heads<T, D, 3>(q, scale, keys, values, capacity, length, scores, stride, o); break;
-      default: if constexpr (kBlock >= 4) attend_heads<T, D, 4>(q, scale, keys, values, capacity, length, scores, stride, o); break;
+      case 3:
+        if constexpr (kHeadBlock<D> >= 3) attend_heads<T, D, 3>(q, scale, keys, values, capacity, length, scores, stride, o);
+        break;
+      default:
+        if constexpr (kHeadBlock<D> >= 4) attend_heads<T, D, 4>(q, scale, keys, values, capacity, length, scores, stride, o);
+        break;
     }
   }
 }
@@ -129,7 +137,8 @@ inline void prefetch_slot(const T* keys, const T* values, int64_t capacity, int6
   constexpr int64_t kLine = 64 / sizeof(T);
   length = std::min<int64_t>(length, 256);
   for (int d = 0; d < D; ++d)
-    for (int64_t t = 0; t < length; t += kLine) _mm_prefetch(reinterpret_cast<const char*>(keys + d * capacity + t), _MM_HINT_T1);
+    for (int64_t t = 0; t < length; t += kLine)
+      _mm_prefetch(reinterpret_cast<const char*>(keys + d * capacity + t), _MM_HINT_T1);
   for (int64_t i = 0; i < length * D; i += kLine) _mm_prefetch(reinterpret_cast<const char*>(values + i), _MM_HINT_T1);
 }
 
@@ -141,7 +150,7 @@ void attend_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   int64_t longest = 0;
   for (int64_t r = 0; r < rows; ++r) longest = std::max(longest, positions[r] + 1);
   const int64_t stride = (longest + 31) / 32 * 32;
-  at::Tensor scratch = at::empty({rows, std::min<int64_t>(group, D >= 128 ? 2 : 4) * stride}, q.options().dtype(at::kFloat));
+  at::Tensor scratch = at::empty({rows, std::min<int64_t>(group, kHeadBlock<D>) * stride}, q.options().dtype(at::kFloat));
   const T* q_data = q.data_ptr<T>();
   const T* k_data = k.data_ptr<T>();
   const T* v_data = v.data_ptr<T>();
@@ -162,7 +171,8 @@ void attend_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
         std::copy_n(v_data + r * v.stride(0) + h * D, D, value_rows + position * D);
         // The next kv head's cache streams in while this one computes.
         if (h + 1 < kv_heads) prefetch_slot<T, D>(slot_keys(r, h + 1), slot_values(r, h + 1), capacity, position + 1);
-        else if (r + 1 < end) prefetch_slot<T, D>(slot_keys(r + 1, 0), slot_values(r + 1, 0), capacity, positions[r + 1] + 1);
+        else if (r + 1 < end)
+          prefetch_slot<T, D>(slot_keys(r + 1, 0), slot_values(r + 1, 0), capacity, positions[r + 1] + 1);
         attend_group<T, D>(q_data + r * q.stride(0) + h * group * D, group, scale, key_rows, value_rows, capacity,
                            position + 1, scores + r * scratch.size(1), stride, o + (r * heads + h * group) * D);
       }
@@ -187,7 +197,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
                 "rows possibly strided");
   TORCH_CHECK(k.size(1) == kv_heads && v.size(1) == kv_heads, "decode_attention: k and v need kv_heads heads");
   const at::Tensor slot_index = slots.to(at::kLong).contiguous(), position_index = positions.to(at::kLong).contiguous();
-  TORCH_CHECK(slot_index.numel() == rows && position_index.numel() == rows, "decode_attention: one slot and position per row");
+  TORCH_CHECK(slot_index.numel() == rows && position_index.numel() == rows,
+              "decode_attention: one slot and position per row");
   const int64_t* slot = slot_index.data_ptr<int64_t>();
   const int64_t* position = position_index.data_ptr<int64_t>();
   for (int64_t r = 0; r < rows; ++r)

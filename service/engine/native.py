@@ -121,6 +121,7 @@ def _load(directory: pathlib.Path) -> bool:
             log.info("tokenwire's kernels need AVX512-VNNI and AVX512-BF16: torch's kernels run instead")
             return False
         torch.ops.load_library(str(path))
+        log.info("tokenwire's CPU kernels: %s", path)
     except subprocess.CalledProcessError as error:
         log.warning("building tokenwire's kernels failed, torch's run instead:\n%s", error.stderr[-2000:])
         return False
