@@ -1,11 +1,11 @@
 // tokenwire::w4a8_linear: 4-bit weights times 8-bit activations, for the rows of CPU decode steps.
 //
 // torch's int4 kernel (_weight_int4pack_mm_for_cpu) dequantizes the weights to floats again for
-// every 4 rows and multiplies in floats, so 16 rows cost ~7 times one. This kernel does what
+// every 4 rows and multiplies in floats, so 16 rows cost 4 to 6 times one. This kernel does what
 // llama.cpp does for Q4_1 weights: each row's activations are quantized to int8 per group of 32
 // (a step and the sum of the codes), and the 4-bit codes meet them in AVX512-VNNI integer dot
-// products. A weight tile is unpacked once and serves up to 8 rows, so 16 rows cost ~6 times one,
-// and one row is ~2.5 times faster than torch's kernel.
+// products. A weight tile is unpacked once and serves up to 8 rows. 2.5 to 3 times faster than
+// torch's kernel from 1 to 16 rows (the microbenchmark in BENCHMARKS.md).
 //
 // Weights come packed by service/engine/quantized.py, one 320-byte block per 16 output channels
 // and 32 inputs (channels c..c+15, inputs k..k+31):
