@@ -115,7 +115,7 @@ class _Forward(torch.nn.Module):
         device = self.embed.device
         positions = torch.tensor(tokens.positions, dtype=torch.long, device=device)
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
-        attention = _attention_tensors(plan, device)
+        attention = _attention_tensors(plan, device, self.native_attention)
         hidden = F.embedding(torch.tensor(tokens.ids, dtype=torch.long, device=device), self.embed)
         quantized_rows = plan.quantized_rows
         q_size = self.heads * self.head_dim
@@ -320,12 +320,14 @@ class _AttentionTensors(NamedTuple):
     rows: torch.Tensor  # _DecodeRows.rows (empty when packed: the rows are then a slice)
     slots: torch.Tensor
     positions: torch.Tensor  # where each decode row's new key and value go
+    # torch's decode path only (empty when tokenwire's kernel attends):
     span_rows: torch.Tensor  # each decode row's index inside the window
     masked: torch.Tensor  # [span, 1, 1, length]: True past each slot's length
     chunk_masks: List[Optional[torch.Tensor]]  # None: plainly causal (the chunk starts its sequence)
 
 
-def _attention_tensors(plan: _AttentionPlan, device: torch.device) -> _AttentionTensors:
+def _attention_tensors(plan: _AttentionPlan, device: torch.device, native_decode: bool) -> _AttentionTensors:
+    """`native_decode`: tokenwire's kernel attends (see _attend), which needs no window tensors."""
     chunk_masks: List[Optional[torch.Tensor]] = []
     for chunk in plan.chunks:
         mask: Optional[torch.Tensor] = None
@@ -340,6 +342,9 @@ def _attention_tensors(plan: _AttentionPlan, device: torch.device) -> _Attention
         return _AttentionTensors(empty, empty, empty, empty, empty, chunk_masks)
     slots = torch.tensor(decode.slots, dtype=torch.long, device=device)
     ends = torch.tensor(decode.ends, dtype=torch.long, device=device)
+    rows = empty if decode.packed else torch.tensor(decode.rows, dtype=torch.long, device=device)
+    if native_decode:
+        return _AttentionTensors(rows, slots, ends - 1, empty, empty, chunk_masks)
     span_rows = slots - decode.first_slot
     # Slots in the window without a decode row attend to position 0 only, so their
     # (discarded) rows stay finite.
@@ -347,7 +352,7 @@ def _attention_tensors(plan: _AttentionPlan, device: torch.device) -> _Attention
     window_ends[span_rows] = ends
     masked = torch.arange(decode.length, device=device).unsqueeze(0) >= window_ends.unsqueeze(1)
     return _AttentionTensors(
-        rows=empty if decode.packed else torch.tensor(decode.rows, dtype=torch.long, device=device),
+        rows=rows,
         slots=slots,
         positions=ends - 1,
         span_rows=span_rows,
