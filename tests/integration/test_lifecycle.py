@@ -68,6 +68,19 @@ def _chat_worker(tmp_path, shutdown_grace_s: int):
     )
 
 
+def _sigterm_while_streaming(worker, stub, request, metadata=()) -> tuple[grpc.Call, list]:
+    """Starts a GenerateStream, sends the worker SIGTERM once it has begun, and returns the call and
+    every event it gave until it ended."""
+    stream = stub.GenerateStream(request, metadata=list(metadata))
+    assert next(stream).HasField("prompt_info")
+    events: list = []
+    reader = threading.Thread(target=lambda: events.extend(stream))
+    reader.start()
+    worker.process.send_signal(signal.SIGTERM)
+    reader.join(timeout=60)
+    return stream, events
+
+
 def test_sigterm_lets_in_flight_streams_finish(tmp_path):
     address, worker = _chat_worker(tmp_path, shutdown_grace_s=30)
     try:
@@ -77,13 +90,7 @@ def test_sigterm_lets_in_flight_streams_finish(tmp_path):
             stopping=generation_pb2.StoppingCriteria(max_new_tokens=150, ignore_eos=True),
         )
         with grpc.insecure_channel(address) as channel:
-            stream = generation_pb2_grpc.GenerationStub(channel).GenerateStream(request)
-            assert next(stream).HasField("prompt_info")
-            events: list = []
-            reader = threading.Thread(target=lambda: events.extend(stream))
-            reader.start()
-            worker.process.send_signal(signal.SIGTERM)
-            reader.join(timeout=60)
+            _, events = _sigterm_while_streaming(worker, generation_pb2_grpc.GenerationStub(channel), request)
         assert events[-1].HasField("usage") and events[-1].usage.completion_tokens == 150
         assert worker.process.wait(timeout=60) == 0
     finally:
@@ -101,13 +108,7 @@ def test_sigterm_after_the_grace_period_aborts_streams_that_still_end_ok(tmp_pat
         with grpc.insecure_channel(address) as channel:
             stub = generation_pb2_grpc.GenerationStub(channel)
             unary = stub.Generate.future(request)  # sent first: in flight once the stream has begun
-            stream = stub.GenerateStream(request, metadata=[("x-request-id", "long-1")])
-            assert next(stream).HasField("prompt_info")
-            events: list = []
-            reader = threading.Thread(target=lambda: events.extend(stream))
-            reader.start()
-            worker.process.send_signal(signal.SIGTERM)
-            reader.join(timeout=60)
+            stream, events = _sigterm_while_streaming(worker, stub, request, metadata=[("x-request-id", "long-1")])
             assert stream.code() == grpc.StatusCode.OK
             assert dict(stream.trailing_metadata())["x-request-id"] == "long-1"
             [*deltas, last] = events
