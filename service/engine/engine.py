@@ -6,7 +6,7 @@ Public face: `submit(request) -> RequestStream` (an async iterator of SequenceUp
 
 Every iteration of the loop (one forward step):
 1. reads new and cancelled requests; a cancelled request's slots are freed here;
-2. admits waiting requests, first come first served, while the KV cache has a free slot for
+2. admits waiting requests, by priority then arrival, while the KV cache has a free slot for
    each of their n sequences (see kv_cache.py for why slots);
 3. builds one step: a decode token for every running sequence, then prompt chunks of the
    sequences still in prefill (at most `prefill_chunk` tokens each, cut at fixed positions so a
@@ -18,11 +18,11 @@ Every iteration of the loop (one forward step):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import queue
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -149,7 +149,8 @@ class GenerationEngine:
         self._step_tokens = step_tokens
         self._prefill_chunk = prefill_chunk
         self._inbox: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
-        self._waiting: deque[tuple[GenerationRequest, RequestStream]] = deque()
+        # In admission order: by priority, then arrival.
+        self._waiting: list[tuple[GenerationRequest, RequestStream]] = []
         self._running: list[_Sequence] = []
         self._admission = threading.Lock()
         self._not_admitted = 0
@@ -235,7 +236,7 @@ class GenerationEngine:
                 return
             block = False
             if kind == "submit":
-                self._waiting.append(payload)  # type: ignore[arg-type]
+                bisect.insort_right(self._waiting, payload, key=lambda item: item[0].priority)  # type: ignore[arg-type]
             elif kind == "cancel":
                 self._cancel(payload)  # type: ignore[arg-type]
             elif kind == "abort":
@@ -243,7 +244,7 @@ class GenerationEngine:
 
     def _cancel(self, stream: RequestStream) -> None:
         before = len(self._waiting)
-        self._waiting = deque(item for item in self._waiting if item[1] is not stream)
+        self._waiting = [item for item in self._waiting if item[1] is not stream]
         if len(self._waiting) != before:
             with self._admission:
                 self._not_admitted -= 1
@@ -269,7 +270,7 @@ class GenerationEngine:
         while self._waiting and self._waiting[0][0].n <= min(
             self._runner.free_slots, self._max_running - len(self._running)
         ):
-            request, stream = self._waiting.popleft()
+            request, stream = self._waiting.pop(0)
             with self._admission:
                 self._not_admitted -= 1
             stream.admitted_at = time.monotonic()

@@ -90,6 +90,8 @@ class GenerationRequest:
     prompt_logprobs: int | None = None
     # Builds a fresh grammar state for each of the n sequences (None: unconstrained).
     constraint: Callable[[], TokenConstraint] | None = None
+    # Lower values are served first (as vLLM's `priority`); equal priorities by arrival.
+    priority: int = 0
 
 
 @dataclass(frozen=True)

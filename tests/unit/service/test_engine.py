@@ -227,6 +227,29 @@ async def test_cancel_frees_the_slot_for_the_next_request(small_engine, tokenize
     assert 0 in finishes and texts[0]
 
 
+async def test_waiting_requests_are_admitted_by_priority_then_arrival(hf_model, tokenizer):
+    engine = _engine(hf_model, tokenizer, slots=1)
+    try:
+        running = engine.submit(_request(tokenizer, "Write a very long story.", max_new_tokens=2000))
+        await running.__anext__()  # holds the only slot while the others queue
+        order: list[str] = []
+
+        async def run(name: str, priority: int) -> None:
+            async for update in engine.submit(_request(tokenizer, "Say hi.", max_new_tokens=3, priority=priority)):
+                if update.finish is not None:
+                    order.append(name)
+
+        queued = [asyncio.create_task(run(name, priority)) for name, priority in
+                  (("late-normal", 0), ("bulk", 5), ("urgent", -1), ("later-normal", 0))]
+        while engine.waiting_count < len(queued):
+            await asyncio.sleep(0)  # until the engine holds all four in its queue
+        running.cancel()
+        await asyncio.wait_for(asyncio.gather(*queued), 60)
+    finally:
+        engine.stop()
+    assert order == ["urgent", "late-normal", "later-normal", "bulk"]
+
+
 async def test_full_queue_raises_queue_full(small_engine, tokenizer):
     running = small_engine.submit(_request(tokenizer, "Write a very long story.", max_new_tokens=2000))
     await running.__anext__()  # admitted: the queue is empty again
