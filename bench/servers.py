@@ -53,6 +53,8 @@ class ServerSpec:
     ready_url: str
     # The `model` field clients send.
     model: str
+    # tokenwire's worker metrics (Prometheus text), where the server has them.
+    metrics_url: str | None = None
 
     @property
     def label(self) -> str:
@@ -110,9 +112,11 @@ def spec_for(name: str, models: ModelFiles, device: str, cache_dir: pathlib.Path
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     if name == TOKENWIRE:
+        metrics_port = free_port()
         command = [str(BIN / "tokenwire"), "serve", "--http-port", str(port), "--grpc-port", str(free_port()),
-                   "--device", device, "--cache-dir", str(cache_dir)]
-        return ServerSpec(name, command, f"{base}/v1", f"{base}/health", GENERATION_MODEL_ID)
+                   "--metrics-port", str(metrics_port), "--device", device, "--cache-dir", str(cache_dir)]
+        return ServerSpec(name, command, f"{base}/v1", f"{base}/health", GENERATION_MODEL_ID,
+                          f"http://127.0.0.1:{metrics_port}/metrics")
     if name == LLAMA_CPP:
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(models.gguf),
                    "--model_alias", GENERATION_MODEL_ID, "--interrupt_requests", "False",

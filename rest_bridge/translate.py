@@ -594,8 +594,9 @@ _MODEL_KINDS = {models_pb2.MODEL_KIND_GENERATION: "generation", models_pb2.MODEL
 
 
 def model_card(info: models_pb2.ModelInfo) -> dict[str, Any]:
-    """OpenAI's model object, plus what addresses this deployment (`id:version`, `deploy_id:ID`)."""
-    return {
+    """OpenAI's model object, plus what addresses this deployment (`id:version`, `deploy_id:ID`),
+    and a generation model's KV cache."""
+    card: dict[str, Any] = {
         "id": info.id,
         "object": "model",
         "created": info.created,
@@ -605,6 +606,16 @@ def model_card(info: models_pb2.ModelInfo) -> dict[str, Any]:
         "kind": _MODEL_KINDS.get(info.kind),
         "context_length": info.context_length,
     }
+    if info.HasField("kv_cache"):
+        cache = info.kv_cache
+        card["kv_cache"] = {
+            "block_size": cache.block_size,
+            "blocks": cache.blocks,
+            "tokens": cache.tokens,
+            "prefix_caching": cache.prefix_caching,
+            "bytes_per_token": cache.bytes_per_token,
+        }
+    return card
 
 
 def models_list(response: models_pb2.ListModelsResponse) -> dict[str, Any]:

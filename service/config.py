@@ -5,6 +5,7 @@ import argparse
 import math
 import os
 import pathlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -23,6 +24,42 @@ def default_cache_dir() -> pathlib.Path:
 
 def _env_list(name: str) -> list[str]:
     return [item for item in _env(name, "").split(",") if item]
+
+
+DEFAULT_CPU_KV_CACHE_GIB = 2
+DEFAULT_CPU_KV_CACHE_SHARE = 0.1
+DEFAULT_CUDA_KV_CACHE_FRACTION = 0.9
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """--kv-cache-memory: a number of bytes, a fraction of free device memory, or auto."""
+
+    bytes: int | None = None
+    fraction: float | None = None
+
+
+def parse_memory_budget(spec: str) -> MemoryBudget:
+    """`auto`, a fraction in (0, 1] (`0.9`), or bytes with an optional unit (`4GiB`, `512M`, `2e9`)."""
+    text = spec.strip().lower()
+    if text == "auto":
+        return MemoryBudget()
+    match = re.fullmatch(r"([0-9.e+]+)\s*([kmgt]i?)?b?", text)
+    try:
+        value = float(match.group(1)) if match else math.nan
+    except ValueError:
+        value = math.nan
+    if match and math.isfinite(value) and value > 0:
+        if match.group(2) is None and value <= 1:
+            return MemoryBudget(fraction=value)
+        size = value * _UNITS[match.group(2) or ""]
+        if size >= 1:
+            return MemoryBudget(bytes=int(size))
+    raise ValueError(
+        f"--kv-cache-memory {spec!r}: expected auto, bytes (e.g. 4GiB, 512MiB) or a fraction of free "
+        "device memory (e.g. 0.9)"
+    )
 
 
 @dataclass(frozen=True)
@@ -118,6 +155,23 @@ def add_worker_arguments(parser: argparse.ArgumentParser, metrics_port: int = 0)
     )
     group.add_argument("--max-running", type=int, default=int(_env("MAX_RUNNING", "16")),
                        help="sequences generated at once per model")
+    group.add_argument(
+        "--kv-cache-memory",
+        default=_env("KV_CACHE_MEMORY", "auto"),
+        metavar="BYTES|FRACTION",
+        help="KV-cache memory per generation model: bytes (e.g. 4GiB, 512MiB, 2000000000), or on CUDA a "
+        "fraction of the device memory left free by the weights (e.g. 0.9); auto: "
+        f"min({DEFAULT_CPU_KV_CACHE_GIB} GiB, {DEFAULT_CPU_KV_CACHE_SHARE:.0%} of RAM) on CPU, "
+        f"{DEFAULT_CUDA_KV_CACHE_FRACTION} on CUDA",
+    )
+    group.add_argument(
+        "--no-prefix-caching",
+        dest="prefix_caching",
+        action="store_false",
+        default=_env("PREFIX_CACHING", "1") != "0",
+        help="do not keep computed KV-cache blocks for reuse by later requests with the same prefix "
+        "(env TOKENWIRE_PREFIX_CACHING=0)",
+    )
     group.add_argument("--max-waiting", type=int, default=int(_env("MAX_WAITING", "256")),
                        help="requests queued per model before RESOURCE_EXHAUSTED")
     group.add_argument("--shutdown-grace", type=float, default=float(_env("SHUTDOWN_GRACE", "10")),
@@ -138,6 +192,8 @@ class WorkerSettings:
     max_running: int
     max_waiting: int
     shutdown_grace_s: float
+    kv_cache_memory: MemoryBudget = MemoryBudget()
+    prefix_caching: bool = True
     metrics_port: int = 0
     api_keys: tuple[str, ...] = ()
     prices: Mapping[str, Price] = field(default_factory=dict)
@@ -164,6 +220,8 @@ class WorkerSettings:
             cache_dir=args.cache_dir,
             max_running=args.max_running,
             max_waiting=args.max_waiting,
+            kv_cache_memory=parse_memory_budget(args.kv_cache_memory),
+            prefix_caching=args.prefix_caching,
             shutdown_grace_s=args.shutdown_grace,
             metrics_port=args.metrics_port,
             api_keys=tuple(args.api_keys),

@@ -24,6 +24,10 @@ class ContextLengthExceeded(InvalidRequest):
     reason = "CONTEXT_LENGTH_EXCEEDED"
 
 
+class KvCacheExceeded(ContextLengthExceeded):
+    """The request needs more tokens than the worker's KV cache holds for one sequence."""
+
+
 class ModelNotFound(TokenwireError):
     reason = "MODEL_NOT_FOUND"
 

@@ -1,9 +1,8 @@
 """The worker's Prometheus metrics, served over HTTP on --metrics-port.
 
-Engine load (queue length, running batch) and step totals are read from the engines at scrape
-time; tokens,
-finish reasons and time to first token are recorded by the Generation servicer through
-GenerationRecorder, one per call.
+Engine load (queue length, running batch, KV cache) and engine totals (steps, prefix cache,
+preemptions) are read from the engines at scrape time; tokens, finish reasons and time to first
+token are recorded by the Generation servicer through GenerationRecorder, one per call.
 """
 from __future__ import annotations
 
@@ -89,24 +88,26 @@ class GenerationRecorder:
 
 
 class EngineLoadCollector(Collector):
-    """Queue length, running batch and step totals of every generation engine, read at scrape
-    time. rate(step_seconds) / rate(steps) is the mean step time; forward_seconds the part of it
-    in the model."""
+    """Queue length, running batch, KV cache and step totals of every generation engine, read at
+    scrape time. rate(step_seconds) / rate(steps) is the mean step time; forward_seconds the part
+    of it in the model; rate(prefix_cache_hit_tokens) / rate(prefix_cache_queried_tokens) the
+    share of prompt tokens the prefix cache served."""
 
     def __init__(self, models: ModelRegistry) -> None:
         self._models = models
 
     def collect(self) -> Iterator[Metric]:
-        waiting = GaugeMetricFamily(
-            "tokenwire_engine_waiting_requests",
-            "Queue length: requests submitted and waiting for room in the running batch.",
-            labels=["model"],
-        )
-        running = GaugeMetricFamily(
-            "tokenwire_engine_running_sequences",
-            "Running batch: sequences being generated.",
-            labels=["model"],
-        )
+        gauges = {
+            name: GaugeMetricFamily(f"tokenwire_engine_{name}", help_text, labels=["model"])
+            for name, help_text in (
+                ("waiting_requests", "Queue length: requests submitted and waiting for room in the running batch."),
+                ("running_sequences", "Running batch: sequences being generated."),
+                ("kv_cache_usage", "Share of the KV cache's blocks held by running sequences (0-1)."),
+                ("kv_cache_capacity_tokens", "Tokens the KV cache holds: its blocks times their size."),
+                ("kv_cache_held_tokens",
+                 "Token positions the running sequences fill in the KV cache (shared blocks once)."),
+            )
+        }
         totals = {
             name: CounterMetricFamily(f"tokenwire_engine_{name}", help_text, labels=["model"])
             for name, help_text in (
@@ -114,20 +115,35 @@ class EngineLoadCollector(Collector):
                 ("step_tokens", "Tokens run through the model: decode tokens and prompt chunks."),
                 ("forward_seconds", "Time in the model's forward passes."),
                 ("step_seconds", "Time in whole steps: forward, sampling, emitting."),
+                ("prefix_cache_queried_tokens", "Prompt tokens of admitted requests looked up in the prefix cache."),
+                ("prefix_cache_hit_tokens", "Prompt tokens the prefix cache served (not computed again)."),
+                ("preemptions", "Sequences preempted (their blocks freed, to be recomputed) for room."),
             )
         }
         for model in self._models.all():
             if isinstance(model, GenerationModel):
                 labels = [model.card.model_id]
-                waiting.add_metric(labels, model.engine.waiting_count)
-                running.add_metric(labels, model.engine.running_count)
-                stats = model.engine.stats
-                totals["steps"].add_metric(labels, stats.steps)
-                totals["step_tokens"].add_metric(labels, stats.tokens)
-                totals["forward_seconds"].add_metric(labels, stats.forward_seconds)
-                totals["step_seconds"].add_metric(labels, stats.step_seconds)
-        yield waiting
-        yield running
+                engine = model.engine
+                kv_cache, stats = engine.kv_cache, engine.stats
+                for name, value in (
+                    ("waiting_requests", engine.waiting_count),
+                    ("running_sequences", engine.running_count),
+                    ("kv_cache_usage", kv_cache.usage),
+                    ("kv_cache_capacity_tokens", kv_cache.blocks * kv_cache.block_size),
+                    ("kv_cache_held_tokens", kv_cache.held_tokens),
+                ):
+                    gauges[name].add_metric(labels, value)
+                for name, value in (
+                    ("steps", stats.steps),
+                    ("step_tokens", stats.tokens),
+                    ("forward_seconds", stats.forward_seconds),
+                    ("step_seconds", stats.step_seconds),
+                    ("prefix_cache_queried_tokens", stats.prefix_queried_tokens),
+                    ("prefix_cache_hit_tokens", stats.prefix_hit_tokens),
+                    ("preemptions", stats.preemptions),
+                ):
+                    totals[name].add_metric(labels, value)
+        yield from gauges.values()
         yield from totals.values()
 
 

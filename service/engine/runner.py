@@ -1,8 +1,7 @@
 """Forward passes for the engine: the lean Llama-family runner, or transformers' forward for
-every other architecture. Both hand out KV-cache slots and run a step of StepEntry at once."""
+every other architecture. Both run a step of StepEntry at once over a KV cache of blocks."""
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any, Protocol
 
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from service.engine.kv_cache import blocks_for_budget, bytes_per_token
 from service.engine.llama import LlamaRunner, lean_support_problem
 from service.engine.quantized import Quantization
 from service.engine.types import StepEntry
@@ -19,26 +19,33 @@ log = logging.getLogger(__name__)
 
 
 class ModelRunner(Protocol):
-    """What the scheduler needs from a model: cache slots and a forward step."""
+    """What the scheduler needs from a model: a KV cache of `blocks` blocks of `block_size`
+    positions, and a forward step.
 
-    @property
-    def free_slots(self) -> int: ...
+    `shares_blocks`: whether keys and values live in the blocks, so that sequences can share
+    blocks (prefix caching). A runner that keeps its caches its own way (TransformersRunner) uses
+    the blocks as a measure of memory only."""
 
-    def allocate(self) -> int: ...
-
-    def release(self, slot: int) -> None: ...
-
-    def copy_prefix(self, source: int, target: int, length: int) -> None:
-        """Gives slot `target` the first `length` cached positions of slot `source`."""
+    blocks: int
+    block_size: int
+    shares_blocks: bool
+    # One token's keys and values, in bytes.
+    token_bytes: int
 
     def step(self, entries: list[StepEntry]) -> torch.Tensor:
         """Runs the entries; returns float logits, each entry's last `logits_for` positions in
         entry order ([rows, vocab])."""
 
+    def release(self, sequence: int) -> None:
+        """Forgets whatever the runner keeps for a sequence that stopped running."""
+
+    def copy_block(self, source: int, target: int) -> None:
+        """Copies a block's keys and values (runners that share blocks only)."""
+
 
 class TransformersRunner:
-    """transformers' generic forward, each slot with its own cache: any causal LM transformers
-    can load runs on it.
+    """transformers' generic forward, each sequence with its own cache: any causal LM
+    transformers can load runs on it.
 
     The decode rows of a step run as one batch: their caches are left-padded to the longest,
     stacked, run with a padding mask, and each row's grown cache is cut back out. Prompt chunks
@@ -46,37 +53,36 @@ class TransformersRunner:
     logits can differ in the last bits with the batch around it. Models whose caches are not
     plain full-attention layers (sliding windows, state-space layers) run every row alone."""
 
-    def __init__(self, model: torch.nn.Module, *, slots: int) -> None:
+    shares_blocks = False
+    block_size = 32
+
+    def __init__(self, model: torch.nn.Module, *, kv_cache_bytes: int) -> None:
         self.model = model
         self.device = next(model.parameters()).device
-        self._free = list(range(slots))
+        config = model.config
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        self.token_bytes = bytes_per_token(
+            layers=config.num_hidden_layers, kv_heads=kv_heads, head_dim=head_dim, dtype=model.dtype
+        )
+        self.blocks = blocks_for_budget(kv_cache_bytes, block_size=self.block_size, token_bytes=self.token_bytes)
         self._caches: dict[int, Any] = {}
 
-    @property
-    def free_slots(self) -> int:
-        return len(self._free)
+    def release(self, sequence: int) -> None:
+        self._caches.pop(sequence, None)
 
-    def allocate(self) -> int:
-        self._free.sort()
-        return self._free.pop(0)
-
-    def release(self, slot: int) -> None:
-        self._caches.pop(slot, None)
-        self._free.append(slot)
-
-    def copy_prefix(self, source: int, target: int, length: int) -> None:
-        cache = copy.deepcopy(self._caches[source])
-        cache.crop(length)
-        self._caches[target] = cache
+    def copy_block(self, source: int, target: int) -> None:
+        raise NotImplementedError("TransformersRunner keeps its caches per sequence, not in shared blocks")
 
     @torch.inference_mode()
     def step(self, entries: list[StepEntry]) -> torch.Tensor:
         decode = [entry for entry in entries if len(entry.token_ids) == 1 and entry.start and entry.logits_for == 1]
-        batched = len(decode) > 1 and all(_stackable(self._caches[entry.slot]) for entry in decode)
-        decode_logits = dict(zip((entry.slot for entry in decode), self._decode(decode))) if batched else {}
+        batched = len(decode) > 1 and all(_stackable(self._caches[entry.sequence]) for entry in decode)
+        decode_logits = dict(zip((entry.sequence for entry in decode), self._decode(decode))) if batched else {}
         rows = []
         for entry in entries:
-            logits = decode_logits[entry.slot] if entry.slot in decode_logits else self._alone(entry)
+            logits = decode_logits[entry.sequence] if entry.sequence in decode_logits else self._alone(entry)
             if logits is not None:
                 rows.append(logits)
         if not rows:
@@ -88,16 +94,16 @@ class TransformersRunner:
         out = self.model(
             input_ids=torch.tensor([entry.token_ids], device=self.device),
             position_ids=torch.arange(entry.start, entry.start + size, device=self.device).unsqueeze(0),
-            past_key_values=self._caches.get(entry.slot) if entry.start else None,
+            past_key_values=self._caches.get(entry.sequence) if entry.start else None,
             use_cache=True,
             logits_to_keep=max(entry.logits_for, 1),
         )
-        self._caches[entry.slot] = out.past_key_values
+        self._caches[entry.sequence] = out.past_key_values
         return out.logits[0, -entry.logits_for :].float() if entry.logits_for else None
 
     def _decode(self, entries: list[StepEntry]) -> list[torch.Tensor]:
         """One forward for the one-token entries; returns each entry's logits [1, vocab]."""
-        caches = [self._caches[entry.slot] for entry in entries]
+        caches = [self._caches[entry.sequence] for entry in entries]
         lengths = [cache.get_seq_length() for cache in caches]
         longest = max(lengths)
         padded = []
@@ -124,7 +130,7 @@ class TransformersRunner:
         grown = out.past_key_values
         for row, (entry, length) in enumerate(zip(entries, lengths)):
             start = longest - length
-            self._caches[entry.slot] = DynamicCache([
+            self._caches[entry.sequence] = DynamicCache([
                 (layer.keys[row : row + 1, :, start:].clone(), layer.values[row : row + 1, :, start:].clone())
                 for layer in grown.layers
             ])
@@ -141,16 +147,19 @@ def _stackable(cache: Any) -> bool:
 def create_runner(
     model: torch.nn.Module,
     *,
-    slots: int,
+    kv_cache_bytes: int,
     max_length: int,
     dtype: torch.dtype | None = None,
     quantization: Quantization = Quantization.NONE,
 ) -> ModelRunner:
     """The lean runner where the architecture allows it, else transformers' forward (which
-    ignores `quantization`). Computes in `dtype`, by default the model's."""
+    ignores `quantization`). Computes in `dtype`, by default the model's; the KV cache gets
+    `kv_cache_bytes`."""
     problem = lean_support_problem(model.config)
     if problem is None:
-        return LlamaRunner(model, slots=slots, max_length=max_length, dtype=dtype, quantization=quantization)
+        return LlamaRunner(
+            model, kv_cache_bytes=kv_cache_bytes, max_length=max_length, dtype=dtype, quantization=quantization
+        )
     log.info("%s runs on transformers' forward, unquantized (%s is not supported by the lean runner)",
              type(model).__name__, problem)
-    return TransformersRunner(model.to(dtype) if dtype else model, slots=slots)
+    return TransformersRunner(model.to(dtype) if dtype else model, kv_cache_bytes=kv_cache_bytes)

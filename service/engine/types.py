@@ -96,13 +96,25 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class StepEntry:
-    """One sequence's share of a forward step: `token_ids` enter cache slot `slot` at positions
-    `start .. start + len(token_ids)`; the logits of the last `logits_for` of them come back."""
+    """One sequence's share of a forward step: `token_ids` enter the sequence's cache at positions
+    `start .. start + len(token_ids)`, in the blocks of its block table `blocks` (which covers
+    them); the logits of the last `logits_for` of them come back. `sequence` identifies the
+    sequence while it runs (runners that keep state per sequence key it so)."""
 
-    slot: int
+    sequence: int
+    blocks: list[int]
     token_ids: list[int]
     start: int
     logits_for: int = 1
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A request has joined the running batch: `cached_tokens` of its prompt came from the prefix
+    cache (computed by earlier requests), at `admitted_at` (time.monotonic())."""
+
+    cached_tokens: int
+    admitted_at: float
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,7 @@ extern "C" int tokenwire_kernels_supported() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bf16") &&
+         __builtin_cpu_supports("avx512vnni") &&
          __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
 }
 

@@ -1,10 +1,17 @@
 """Device and dtype selection: CUDA when present, bf16 where the hardware computes it natively."""
 from __future__ import annotations
 
+import os
 import pathlib
 
 import torch
 
+from service.config import (
+    DEFAULT_CPU_KV_CACHE_GIB,
+    DEFAULT_CPU_KV_CACHE_SHARE,
+    DEFAULT_CUDA_KV_CACHE_FRACTION,
+    MemoryBudget,
+)
 from service.engine.quantized import Quantization
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -47,14 +54,34 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def resolve_quantization(requested: str, device: torch.device, gguf_bits: int | None) -> Quantization:
-    """`auto`: a 4-bit GGUF keeps its 4 bits on CPU, where decoding speed is memory traffic;
-    everything else runs unquantized. The quantized kernels exist on CPU only."""
+def resolve_quantization(
+    requested: str, device: torch.device, gguf_bits: int | None, native_kernels: bool
+) -> Quantization:
+    """`auto`: a 4-bit GGUF keeps its 4 bits on CPU where tokenwire's int4 kernel runs
+    (`native_kernels`), as decoding speed there is memory traffic; everything else runs
+    unquantized (torch's int4 kernel is slow for prompts, which go through the same kernel as
+    decoding). The quantized kernels exist on CPU only."""
     if requested != "auto":
         quantization = Quantization(requested)
         if quantization is not Quantization.NONE and device.type != "cpu":
             raise ValueError(f"--quantization {requested} runs on CPU only; use none on {device}")
         return quantization
-    if device.type == "cpu" and gguf_bits == 4:
+    if device.type == "cpu" and gguf_bits == 4 and native_kernels:
         return Quantization.INT4
     return Quantization.NONE
+
+
+def kv_cache_bytes(budget: MemoryBudget, device: torch.device) -> int:
+    """The bytes of one model's KV cache: --kv-cache-memory as given, or a share of the memory
+    left (on CUDA, free device memory after the weights; on CPU, available RAM); `auto`:
+    min(DEFAULT_CPU_KV_CACHE_GIB, DEFAULT_CPU_KV_CACHE_SHARE of RAM) on CPU,
+    DEFAULT_CUDA_KV_CACHE_FRACTION of free device memory on CUDA."""
+    if budget.bytes is not None:
+        return budget.bytes
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * (budget.fraction or DEFAULT_CUDA_KV_CACHE_FRACTION))
+    page = os.sysconf("SC_PAGE_SIZE")
+    if budget.fraction is not None:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * page * budget.fraction)
+    return min(DEFAULT_CPU_KV_CACHE_GIB * 2**30, int(os.sysconf("SC_PHYS_PAGES") * page * DEFAULT_CPU_KV_CACHE_SHARE))

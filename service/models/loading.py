@@ -13,15 +13,16 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from service.config import Price, WorkerSettings
 from service.engine import native
+from service.engine.block_pool import chain_root
 from service.engine.constraints import ConstraintCompiler
 from service.engine.embedder import Embedder
 from service.engine.encoder import create_encoder
 from service.engine.engine import GenerationEngine
 from service.engine.quantized import Quantization
 from service.engine.runner import create_runner
-from service.models.hardware import dtype_name, resolve_device, resolve_dtype, resolve_quantization
+from service.models.hardware import dtype_name, kv_cache_bytes, resolve_device, resolve_dtype, resolve_quantization
 from service.models.packaged import PACKAGED_MODELS
-from service.models.registry import EmbeddingModel, GenerationModel, ModelCard, ModelKind
+from service.models.registry import EmbeddingModel, GenerationModel, KvCacheCard, ModelCard, ModelKind
 from service.models.weights import converted_gguf_dir, gguf_weight_bits, weights_version
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,9 @@ def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationMode
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     gguf_bits = gguf_weight_bits(source.path) if source.path.suffix == ".gguf" else None
-    quantization = resolve_quantization(settings.quantization, device, gguf_bits)
-    if device.type == "cpu":
-        native.available(settings.cache_dir / "kernels")  # before the runner asks, so that --cache-dir counts
+    # Before any layer is built, so that --cache-dir counts.
+    native_kernels = device.type == "cpu" and native.load(settings.cache_dir / "kernels")
+    quantization = resolve_quantization(settings.quantization, device, gguf_bits, native_kernels)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     # Quantization starts from the exact float32 values (a GGUF's grid), then computes in dtype.
     load_dtype = dtype if quantization is Quantization.NONE else torch.float32
@@ -88,14 +89,35 @@ def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationMode
     configured = model.generation_config.to_diff_dict()
     context_length = int(getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length)
     vocab_size = int(getattr(model.config, "vocab_size", 0) or 0)
+    runner = create_runner(
+        model,
+        kv_cache_bytes=kv_cache_bytes(settings.kv_cache_memory, device),
+        max_length=context_length,
+        dtype=dtype,
+        quantization=quantization,
+    )
+    del model
+    kernels = native.kernel_path() if device.type == "cpu" else "torch"
+    dtype_label = dtype_name(dtype) if quantization is Quantization.NONE else f"{dtype_name(dtype)}+{quantization.value}"
     engine = GenerationEngine(
-        create_runner(
-            model, slots=settings.max_running, max_length=context_length, dtype=dtype, quantization=quantization
-        ),
+        runner,
         tokenizer,
         frozenset(eos),
         max_running=settings.max_running,
         max_waiting=settings.max_waiting,
+        prefix_caching=settings.prefix_caching,
+        cache_root=chain_root(source.model_id, version, dtype_label, kernels),
+    )
+    kv_cache = KvCacheCard(
+        block_size=runner.block_size,
+        blocks=runner.blocks,
+        prefix_caching=engine.prefix_caching,
+        bytes_per_token=runner.token_bytes,
+    )
+    log.info(
+        "KV cache of %s: %d blocks of %d tokens (%d tokens, %.2f GiB), prefix caching %s",
+        source.model_id, kv_cache.blocks, kv_cache.block_size, kv_cache.tokens,
+        kv_cache.tokens * kv_cache.bytes_per_token / 2**30, "on" if kv_cache.prefix_caching else "off",
     )
     card = ModelCard(
         model_id=source.model_id,
@@ -105,12 +127,14 @@ def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationMode
         created=int(time.time()),
         context_length=context_length,
         device=str(device),
-        dtype=dtype_name(dtype) if quantization is Quantization.NONE else f"{dtype_name(dtype)}+{quantization.value}",
+        dtype=dtype_label,
         **_prices(settings, source.model_id),
         has_chat_template=bool(tokenizer.chat_template),
         eos_token_ids=tuple(sorted(eos)),
+        kernels=kernels,
+        kv_cache=kv_cache,
     )
-    log.info("loaded %s:%s on %s/%s in %.1fs", card.model_id, version, device, card.dtype,
+    log.info("loaded %s:%s on %s/%s (%s kernels) in %.1fs", card.model_id, version, device, card.dtype, kernels,
              time.monotonic() - started)
     return GenerationModel(
         card=card,

@@ -21,6 +21,20 @@ class ModelKind(enum.Enum):
 
 
 @dataclass(frozen=True)
+class KvCacheCard:
+    """A generation model's KV cache: `blocks` blocks of `block_size` positions."""
+
+    block_size: int
+    blocks: int
+    prefix_caching: bool
+    bytes_per_token: int
+
+    @property
+    def tokens(self) -> int:
+        return self.block_size * self.blocks
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """What the Models service reports about a served model."""
 
@@ -37,6 +51,9 @@ class ModelCard:
     has_chat_template: bool = False
     eos_token_ids: tuple[int, ...] = ()
     embedding_dimension: int = 0
+    # "tokenwire" or "torch": whose CPU kernels compute (service/engine/native.py).
+    kernels: str = ""
+    kv_cache: KvCacheCard | None = None
 
     @property
     def owned_by(self) -> str:

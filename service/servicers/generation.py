@@ -103,20 +103,22 @@ class _Timing:
         }
 
 
-def _prompt_info(model: GenerationModel, request: GenerationRequest) -> generation_pb2.PromptInfo:
+def _prompt_info(model: GenerationModel, request: GenerationRequest, cached_tokens: int) -> generation_pb2.PromptInfo:
     return generation_pb2.PromptInfo(
         model=model.card.model_id,
         prompt_tokens=len(request.prompt_ids),
+        cached_tokens=cached_tokens,
         seed=request.seed,
         max_new_tokens=request.stopping.max_new_tokens,
     )
 
 
-def _usage(model: GenerationModel, prompt_tokens: int, completion_tokens: int) -> common_pb2.Usage:
+def _usage(model: GenerationModel, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> common_pb2.Usage:
     return common_pb2.Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        cached_tokens=cached_tokens,
         estimated_cost=model.card.cost(prompt_tokens, completion_tokens),
     )
 
@@ -136,9 +138,11 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
     async def _events(
         self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[generation_pb2.PromptInfo | tuple[SequenceUpdate, _Extras] | common_pb2.Usage]:
-        """PromptInfo once admitted, the engine's updates (with their logprobs and echo as
-        protobuf), then Usage. Leaving early (client cancel, deadline) cancels the request in the
-        engine. A call that ends normally sets the trailing metadata (request id, timings)."""
+        """PromptInfo once the engine has admitted the request to its running batch (and knows
+        how much of the prompt the prefix cache served), the engine's updates (with their
+        logprobs and echo as protobuf), then Usage. Leaving early (client cancel, deadline)
+        cancels the request in the engine. A call that ends normally sets the trailing metadata
+        (request id, timings)."""
         timing = _Timing(received=time.monotonic())
         model = self._registry.generation(request.model)
         output = await output_plan(request, model)
@@ -153,7 +157,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         stream = model.engine.submit(engine_request)
         recorder = GenerationRecorder(model.card.model_id, engine_request)
         try:
-            yield _prompt_info(model, engine_request)
+            admission = await stream.admitted()
+            cached_tokens = admission.cached_tokens if admission is not None else 0
+            yield _prompt_info(model, engine_request, cached_tokens)
             completion_tokens = 0
             started: set[int] = set()
             async for update in stream:
@@ -178,8 +184,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
                         ]
                 yield update, extras
             timing.finished = time.monotonic()
-            yield _usage(model, len(engine_request.prompt_ids), completion_tokens)
-            set_trailing_metadata(context, timing.metadata(stream.admitted_at))
+            yield _usage(model, len(engine_request.prompt_ids), cached_tokens, completion_tokens)
+            set_trailing_metadata(context, timing.metadata(admission.admitted_at if admission is not None else None))
         finally:
             stream.cancel()
             recorder.close()

@@ -9,7 +9,8 @@ import random
 from typing import Any
 
 from service.engine.types import GenerationRequest, SamplingParams, StoppingParams
-from service.errors import ContextLengthExceeded, InvalidRequest
+from service.engine.engine import kv_cache_exceeded_message
+from service.errors import ContextLengthExceeded, InvalidRequest, KvCacheExceeded
 from service.models.prompting import min_token_count
 from service.models.registry import GenerationModel
 from service.servicers.prompt_input import generation_prompt_ids
@@ -77,7 +78,11 @@ def _stopping(
     st = request.stopping
     context = model.card.context_length
     _check_room(context, prompt_tokens)
-    room = context - prompt_tokens
+    # The KV cache may hold fewer tokens than the context: unset, max_new_tokens fills the smaller.
+    capacity = model.engine.max_sequence_tokens
+    if prompt_tokens >= capacity:
+        raise KvCacheExceeded(kv_cache_exceeded_message(capacity, prompt_tokens, 1), field="prompt")
+    room = min(context, capacity) - prompt_tokens
     max_new = _optional(st, "max_new_tokens", room)
     if max_new < 1:
         raise InvalidRequest("`max_new_tokens` must be at least 1.", field="stopping.max_new_tokens")
@@ -87,6 +92,10 @@ def _stopping(
             f"{prompt_tokens + max_new} tokens ({prompt_tokens} in the prompt, {max_new} for the "
             f"completion). Please reduce the length of the prompt or completion.",
             field="prompt",
+        )
+    if prompt_tokens + max_new > capacity:
+        raise KvCacheExceeded(
+            kv_cache_exceeded_message(capacity, prompt_tokens, max_new), field="stopping.max_new_tokens"
         )
     min_new = _optional(st, "min_new_tokens", 0)
     if min_new > max_new:
@@ -148,8 +157,11 @@ def build_generation_request(
     """
     output = output or OutputPlan()
     n = _optional(request.sampling, "n", 1)
-    if not 1 <= n <= MAX_N:
-        raise InvalidRequest(f"`n` must be between 1 and {MAX_N}, got {n}.", field="sampling.n")
+    if not 1 <= n <= min(MAX_N, model.engine.max_running):
+        raise InvalidRequest(
+            f"`n` must be between 1 and {min(MAX_N, model.engine.max_running)} on this worker, got {n}.",
+            field="sampling.n",
+        )
     sampling = _sampling(request, model)
     if request.WhichOneof("prompt") == "text":
         _check_room(model.card.context_length, min_token_count(model.tokenizer, request.text), at_least=True)

@@ -10,7 +10,7 @@ _KINDS = {ModelKind.GENERATION: models_pb2.MODEL_KIND_GENERATION, ModelKind.EMBE
 
 
 def model_info(card: ModelCard) -> models_pb2.ModelInfo:
-    return models_pb2.ModelInfo(
+    info = models_pb2.ModelInfo(
         id=card.model_id,
         kind=_KINDS[card.kind],
         version=card.version,
@@ -26,7 +26,17 @@ def model_info(card: ModelCard) -> models_pb2.ModelInfo:
         ),
         device=card.device,
         dtype=card.dtype,
+        kernels=card.kernels,
     )
+    if card.kv_cache is not None:
+        info.kv_cache.CopyFrom(models_pb2.KvCacheInfo(
+            block_size=card.kv_cache.block_size,
+            blocks=card.kv_cache.blocks,
+            tokens=card.kv_cache.tokens,
+            prefix_caching=card.kv_cache.prefix_caching,
+            bytes_per_token=card.kv_cache.bytes_per_token,
+        ))
+    return info
 
 
 class ModelsServicer(models_pb2_grpc.ModelsServicer):

@@ -7,6 +7,7 @@ These use their own worker with room for one running and one waiting request, so
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -69,14 +70,28 @@ def test_disconnected_stream_frees_the_only_slot(tight_url):
         assert reply.choices[0].finish_reason in ("stop", "length")
 
 
-def test_full_queue_is_429_with_retry_after(tight_url):
-    with httpx.Client(base_url=tight_url, timeout=60) as http:
-        with http.stream("POST", "/v1/chat/completions", json=LONG) as running:
-            running_lines = running.iter_lines()
-            assert running.status_code == 200 and _first_line(running_lines)
-            with http.stream("POST", "/v1/chat/completions", json=LONG) as waiting:
-                assert waiting.status_code == 200  # admitted to the queue: PromptInfo came back
-                rejected = http.post("/v1/chat/completions", json={**LONG, "stream": False})
+async def _queued(http: httpx.AsyncClient) -> asyncio.Task[int]:
+    """A streaming request that waits in the queue: its response starts once the worker runs it
+    (the bridge answers when the request joins the running batch). Cancel the task to leave."""
+
+    async def wait() -> int:
+        async with http.stream("POST", "/v1/chat/completions", json=LONG) as response:
+            return response.status_code
+
+    return asyncio.create_task(wait())
+
+
+async def test_full_queue_is_429_with_retry_after(tight):
+    url, metrics_url = tight
+    await asyncio.to_thread(_eventually, metrics_url, (0, 0))
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        async with http.stream("POST", "/v1/chat/completions", json=LONG) as running:
+            lines = running.aiter_lines()
+            assert running.status_code == 200 and await anext(lines)
+            waiting = await _queued(http)
+            await asyncio.to_thread(_eventually, metrics_url, (1, 1))
+            rejected = await http.post("/v1/chat/completions", json={**LONG, "stream": False})
+            waiting.cancel()
     assert rejected.status_code == 429
     assert int(rejected.headers["retry-after"]) >= 1
     error = rejected.json()["error"]
@@ -126,18 +141,18 @@ def test_more_prompts_than_the_queue_holds_all_succeed(tight, stream):
     assert _aborted(metrics_url) == aborted_before
 
 
-def test_metrics_show_the_queue_and_the_running_batch(tight):
+async def test_metrics_show_the_queue_and_the_running_batch(tight):
     url, metrics_url = tight
-    _eventually(metrics_url, (0, 0))
+    await asyncio.to_thread(_eventually, metrics_url, (0, 0))
     aborted_before = _aborted(metrics_url)
-    with httpx.Client(base_url=url, timeout=60) as http:
-        with http.stream("POST", "/v1/chat/completions", json=LONG) as running:
-            running_lines = running.iter_lines()
-            assert _first_line(running_lines)
-            _eventually(metrics_url, (0, 1))
-            with http.stream("POST", "/v1/chat/completions", json=LONG) as waiting:
-                assert waiting.status_code == 200
-                _eventually(metrics_url, (1, 1))
-            _eventually(metrics_url, (0, 1))
-    _eventually(metrics_url, (0, 0))
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        async with http.stream("POST", "/v1/chat/completions", json=LONG) as running:
+            lines = running.aiter_lines()  # kept: dropping the iterator would close the response
+            assert await anext(lines)
+            await asyncio.to_thread(_eventually, metrics_url, (0, 1))
+            waiting = await _queued(http)
+            await asyncio.to_thread(_eventually, metrics_url, (1, 1))
+            waiting.cancel()  # a client that gives up while queued leaves the queue
+            await asyncio.to_thread(_eventually, metrics_url, (0, 1))
+    await asyncio.to_thread(_eventually, metrics_url, (0, 0))
     assert _aborted(metrics_url) - aborted_before == 2

@@ -205,8 +205,8 @@ def test_vllm_structured_outputs_object(client):
 
 
 def test_response_format_on_completions(client):
-    choice = _complete(client, "A cat described as JSON:", response_format={"type": "json_object"})
-    assert isinstance(json.loads(choice.text), dict)
+    choice = _complete(client, "A cat described as JSON with its name and colour:", response_format={"type": "json_object"})
+    assert choice.finish_reason == "stop" and isinstance(json.loads(choice.text), dict)
 
 
 @pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])

@@ -94,7 +94,8 @@ class GenerationServicer:
 
     def GenerateStream(self, request, context):
         """Streams one PromptInfo, then deltas per sequence (the last delta of a sequence carries its
-        FinishInfo), then one Usage. Validation and admission happen before the PromptInfo.
+        FinishInfo), then one Usage. Validation, and admission to the running batch (after any wait
+        in the queue), happen before the PromptInfo.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

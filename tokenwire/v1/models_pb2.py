@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tokenwire/v1/models.proto\x12\x0ctokenwire.v1\x1a\x1cgoogle/api/annotations.proto\"?\n\x06Prices\x12\x19\n\x11input_per_million\x18\x01 \x01(\x01\x12\x1a\n\x12output_per_million\x18\x02 \x01(\x01\"\xb1\x02\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.tokenwire.v1.ModelKind\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tdeploy_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x03\x12\x10\n\x08owned_by\x18\x06 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x07 \x01(\r\x12\x19\n\x11has_chat_template\x18\x08 \x01(\x08\x12\x15\n\reos_token_ids\x18\t \x03(\r\x12\x1b\n\x13\x65mbedding_dimension\x18\n \x01(\r\x12$\n\x06prices\x18\x0b \x01(\x0b\x32\x14.tokenwire.v1.Prices\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\r\n\x05\x64type\x18\r \x01(\t\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.tokenwire.v1.ModelInfo\"\x1d\n\x0fGetModelRequest\x12\n\n\x02id\x18\x01 \x01(\t*\\\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_KIND_GENERATION\x10\x01\x12\x18\n\x14MODEL_KIND_EMBEDDING\x10\x02\x32\xcd\x01\n\x06Models\x12\x63\n\nListModels\x12\x1f.tokenwire.v1.ListModelsRequest\x1a .tokenwire.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12^\n\x08GetModel\x12\x1d.tokenwire.v1.GetModelRequest\x1a\x17.tokenwire.v1.ModelInfo\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/models/{id=**}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tokenwire/v1/models.proto\x12\x0ctokenwire.v1\x1a\x1cgoogle/api/annotations.proto\"?\n\x06Prices\x12\x19\n\x11input_per_million\x18\x01 \x01(\x01\x12\x1a\n\x12output_per_million\x18\x02 \x01(\x01\"\xef\x02\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.tokenwire.v1.ModelKind\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x11\n\tdeploy_id\x18\x04 \x01(\t\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x03\x12\x10\n\x08owned_by\x18\x06 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x07 \x01(\r\x12\x19\n\x11has_chat_template\x18\x08 \x01(\x08\x12\x15\n\reos_token_ids\x18\t \x03(\r\x12\x1b\n\x13\x65mbedding_dimension\x18\n \x01(\r\x12$\n\x06prices\x18\x0b \x01(\x0b\x32\x14.tokenwire.v1.Prices\x12\x0e\n\x06\x64\x65vice\x18\x0c \x01(\t\x12\r\n\x05\x64type\x18\r \x01(\t\x12\x0f\n\x07kernels\x18\x0e \x01(\t\x12+\n\x08kv_cache\x18\x0f \x01(\x0b\x32\x19.tokenwire.v1.KvCacheInfo\"r\n\x0bKvCacheInfo\x12\x12\n\nblock_size\x18\x01 \x01(\r\x12\x0e\n\x06\x62locks\x18\x02 \x01(\r\x12\x0e\n\x06tokens\x18\x03 \x01(\r\x12\x16\n\x0eprefix_caching\x18\x04 \x01(\x08\x12\x17\n\x0f\x62ytes_per_token\x18\x05 \x01(\r\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.tokenwire.v1.ModelInfo\"\x1d\n\x0fGetModelRequest\x12\n\n\x02id\x18\x01 \x01(\t*\\\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_KIND_GENERATION\x10\x01\x12\x18\n\x14MODEL_KIND_EMBEDDING\x10\x02\x32\xcd\x01\n\x06Models\x12\x63\n\nListModels\x12\x1f.tokenwire.v1.ListModelsRequest\x1a .tokenwire.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12^\n\x08GetModel\x12\x1d.tokenwire.v1.GetModelRequest\x1a\x17.tokenwire.v1.ModelInfo\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/models/{id=**}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,18 +36,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELS'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/models'
   _globals['_MODELS'].methods_by_name['GetModel']._loaded_options = None
   _globals['_MODELS'].methods_by_name['GetModel']._serialized_options = b'\202\323\344\223\002\024\022\022/v1/models/{id=**}'
-  _globals['_MODELKIND']._serialized_start=561
-  _globals['_MODELKIND']._serialized_end=653
+  _globals['_MODELKIND']._serialized_start=739
+  _globals['_MODELKIND']._serialized_end=831
   _globals['_PRICES']._serialized_start=73
   _globals['_PRICES']._serialized_end=136
   _globals['_MODELINFO']._serialized_start=139
-  _globals['_MODELINFO']._serialized_end=444
-  _globals['_LISTMODELSREQUEST']._serialized_start=446
-  _globals['_LISTMODELSREQUEST']._serialized_end=465
-  _globals['_LISTMODELSRESPONSE']._serialized_start=467
-  _globals['_LISTMODELSRESPONSE']._serialized_end=528
-  _globals['_GETMODELREQUEST']._serialized_start=530
-  _globals['_GETMODELREQUEST']._serialized_end=559
-  _globals['_MODELS']._serialized_start=656
-  _globals['_MODELS']._serialized_end=861
+  _globals['_MODELINFO']._serialized_end=506
+  _globals['_KVCACHEINFO']._serialized_start=508
+  _globals['_KVCACHEINFO']._serialized_end=622
+  _globals['_LISTMODELSREQUEST']._serialized_start=624
+  _globals['_LISTMODELSREQUEST']._serialized_end=643
+  _globals['_LISTMODELSRESPONSE']._serialized_start=645
+  _globals['_LISTMODELSRESPONSE']._serialized_end=706
+  _globals['_GETMODELREQUEST']._serialized_start=708
+  _globals['_GETMODELREQUEST']._serialized_end=737
+  _globals['_MODELS']._serialized_start=834
+  _globals['_MODELS']._serialized_end=1039
 # @@protoc_insertion_point(module_scope)

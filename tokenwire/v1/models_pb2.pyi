@@ -26,7 +26,7 @@ class Prices(_message.Message):
     def __init__(self, input_per_million: _Optional[float] = ..., output_per_million: _Optional[float] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("id", "kind", "version", "deploy_id", "created", "owned_by", "context_length", "has_chat_template", "eos_token_ids", "embedding_dimension", "prices", "device", "dtype")
+    __slots__ = ("id", "kind", "version", "deploy_id", "created", "owned_by", "context_length", "has_chat_template", "eos_token_ids", "embedding_dimension", "prices", "device", "dtype", "kernels", "kv_cache")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,8 @@ class ModelInfo(_message.Message):
     PRICES_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    KERNELS_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: ModelKind
     version: str
@@ -53,7 +55,23 @@ class ModelInfo(_message.Message):
     prices: Prices
     device: str
     dtype: str
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., version: _Optional[str] = ..., deploy_id: _Optional[str] = ..., created: _Optional[int] = ..., owned_by: _Optional[str] = ..., context_length: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., embedding_dimension: _Optional[int] = ..., prices: _Optional[_Union[Prices, _Mapping]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
+    kernels: str
+    kv_cache: KvCacheInfo
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., version: _Optional[str] = ..., deploy_id: _Optional[str] = ..., created: _Optional[int] = ..., owned_by: _Optional[str] = ..., context_length: _Optional[int] = ..., has_chat_template: _Optional[bool] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., embedding_dimension: _Optional[int] = ..., prices: _Optional[_Union[Prices, _Mapping]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., kernels: _Optional[str] = ..., kv_cache: _Optional[_Union[KvCacheInfo, _Mapping]] = ...) -> None: ...
+
+class KvCacheInfo(_message.Message):
+    __slots__ = ("block_size", "blocks", "tokens", "prefix_caching", "bytes_per_token")
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_CACHING_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    block_size: int
+    blocks: int
+    tokens: int
+    prefix_caching: bool
+    bytes_per_token: int
+    def __init__(self, block_size: _Optional[int] = ..., blocks: _Optional[int] = ..., tokens: _Optional[int] = ..., prefix_caching: _Optional[bool] = ..., bytes_per_token: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -10,7 +10,7 @@ from service.engine.engine import GenerationEngine
 from service.engine.runner import create_runner
 from service.engine.types import GenerationRequest, SamplingParams, StoppingParams
 
-from .test_llama_runner import VARIANTS, _greedy, _random_model, _reference
+from .test_llama_runner import KV_CACHE_BYTES, VARIANTS, _greedy, _random_model, _reference
 
 pytestmark = [
     pytest.mark.gpu,
@@ -21,14 +21,16 @@ pytestmark = [
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_lean_runner_on_cuda_matches_transformers_greedy(variant):
     model = _random_model(VARIANTS[variant]).to("cuda")
-    runner = create_runner(model, slots=2, max_length=256)
+    runner = create_runner(model, kv_cache_bytes=KV_CACHE_BYTES, max_length=256)
     prompt = list(range(3, 22))
     assert _greedy(runner, prompt, 16, chunk=8) == _reference(model, prompt, 16)
 
 
 async def test_engine_on_cuda_serves_concurrent_requests_in_bf16():
     model = _random_model(VARIANTS["gqa"]).to("cuda", torch.bfloat16)
-    engine = GenerationEngine(create_runner(model, slots=8, max_length=256), _ByteDecoder(), frozenset({0}))
+    engine = GenerationEngine(
+        create_runner(model, kv_cache_bytes=KV_CACHE_BYTES, max_length=256), _ByteDecoder(), frozenset({0}), max_running=8
+    )
     engine.start()
     try:
         requests = [

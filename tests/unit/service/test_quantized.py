@@ -1,5 +1,5 @@
-"""The quantized linear layers of CPU decoding: each row's result is its own, whatever the rows
-beside it, and close to the unquantized product."""
+"""The linear layers: each row's result is its own, whatever the rows beside it, and close to the
+unquantized product."""
 from __future__ import annotations
 
 import pytest
@@ -9,8 +9,9 @@ from service.engine import quantized
 from service.engine.quantized import Linear, Quantization
 from tests.unit.service.conftest import needs_native_kernels
 
-# Each int4 case is one kernel: tokenwire's own where it builds here, torch's everywhere.
+# Each case is one kernel: tokenwire's own where they build here, torch's everywhere.
 KERNELS = [
+    pytest.param(Quantization.NONE, "dense", id="dense", marks=needs_native_kernels),
     pytest.param(Quantization.INT8, "int8", id="int8"),
     pytest.param(Quantization.INT4, "w4a8", id="w4a8", marks=needs_native_kernels),
     pytest.param(Quantization.INT4, "int4", id="int4-torch"),
@@ -18,7 +19,7 @@ KERNELS = [
 
 
 def _linear(weight, bias, mode, kernel, request) -> Linear:
-    if kernel == "int4":
+    if kernel in ("int4", "torch-dense"):
         request.getfixturevalue("without_native_kernels")
     linear = Linear(weight, bias, mode, torch.bfloat16)
     assert linear.kernel == kernel
@@ -36,10 +37,10 @@ def _weights(out_features: int = 96, in_features: int = 128) -> tuple[torch.Tens
 def test_each_row_gets_the_same_result_in_any_batch(mode, kernel, request):
     weight, rows = _weights()
     linear = _linear(weight, torch.randn(96), mode, kernel, request)
-    together = linear(rows, quantized_rows=len(rows))
+    together = linear(rows)
     for size in (1, 2, 5, 9):
-        assert torch.equal(linear(rows[:size], quantized_rows=size), together[:size])
-    assert torch.equal(linear(rows[7:8], quantized_rows=1), together[7:8])
+        assert torch.equal(linear(rows[:size]), together[:size])
+    assert torch.equal(linear(rows[7:8]), together[7:8])
 
 
 @pytest.mark.parametrize("mode,kernel", KERNELS)
@@ -47,7 +48,7 @@ def test_the_quantized_product_is_close_to_the_dense_one(mode, kernel, request):
     weight, rows = _weights()
     linear = _linear(weight, None, mode, kernel, request)
     exact = rows.float() @ weight.T
-    error = (linear(rows, quantized_rows=len(rows)).float() - exact).norm() / exact.norm()
+    error = (linear(rows) - exact).norm() / exact.norm()
     # 8 bits: weights and activations each round to 1/254 of their row's range; 4 bits: 1/15 of
     # a group's range.
     assert error < (0.02 if mode is Quantization.INT8 else 0.12)
@@ -61,7 +62,7 @@ def test_int4_layers_that_w4a8_cannot_take(out_features, dtype, kernel):
     linear = Linear(weight, None, Quantization.INT4, dtype)
     assert linear.kernel == kernel
     exact = rows.float() @ weight.T
-    assert (linear(rows.to(dtype), quantized_rows=len(rows)).float() - exact).norm() / exact.norm() < 0.12
+    assert (linear(rows.to(dtype)) - exact).norm() / exact.norm() < 0.12
 
 
 def test_int8_activations_are_quantized_per_row_not_per_batch():
@@ -71,7 +72,7 @@ def test_int8_activations_are_quantized_per_row_not_per_batch():
     assert linear.kernel == "int8"  # oneDNN's int8 product is in every x86 build of torch
     mixed = torch.cat([rows[:1] * 1000, rows[1:2] / 1000])
     exact = mixed.float() @ weight.T
-    result = linear(mixed, quantized_rows=2).float()
+    result = linear(mixed)
     for row in range(2):
         assert (result[row] - exact[row]).norm() / exact[row].norm() < 0.02
 
@@ -82,12 +83,11 @@ def test_int8_runs_weight_only_where_onednn_lacks_the_int8_product(monkeypatch):
     linear = Linear(weight, None, Quantization.INT8, torch.bfloat16)
     assert linear.kernel == "int8-weight-only"
     exact = rows.float() @ weight.T
-    assert (linear(rows, quantized_rows=len(rows)).float() - exact).norm() / exact.norm() < 0.02
+    assert (linear(rows) - exact).norm() / exact.norm() < 0.02
 
 
-def test_prompt_rows_use_the_dense_weights():
+def test_unquantized_layers_take_torchs_product_where_tokenwires_kernel_does_not_run(without_native_kernels):
     weight, rows = _weights()
-    linear = Linear(weight, None, Quantization.INT8, torch.bfloat16)
-    mixed = linear(rows, quantized_rows=4)
-    assert torch.equal(mixed[4:], torch.nn.functional.linear(rows[4:], weight.to(torch.bfloat16)))
-    assert torch.equal(mixed[:4], linear(rows[:4], quantized_rows=4))
+    linear = Linear(weight, None, Quantization.NONE, torch.bfloat16)
+    assert linear.kernel == "torch-dense"
+    assert torch.equal(linear(rows), torch.nn.functional.linear(rows, weight.to(torch.bfloat16)))
