@@ -23,12 +23,16 @@ block table. Every iteration of the loop (one forward step):
    sequence is preempted: its blocks are released (its computed blocks stay cached) and it waits
    again, at the front of its priority, to be recomputed and go on where it was;
 4. runs it, registers the blocks it filled in the prefix cache, samples every row that needs a
-   token in one batched call and hands new text to the streams.
+   token in one batched call, decides which sequences their tokens end (stop tokens, EOS,
+   max_new_tokens, time limits, grammars) and hands the step's tokens to the output thread
+   (output.py), which detokenizes them, matches stop strings and updates the streams while the
+   next step runs.
 
 A preempted sequence resumes with exactly the tokens it would have produced, and a cache hit
 changes no output bit: the runner computes every token's keys and values the same way, as part
 of a prompt or as a decode token, alone or in any batch (llama.py), and a sequence keeps its
-sampler, detokenizer and stop-string state while it waits, so nothing is streamed twice.
+sampler state, and its output its detokenizer and stop-string state, while it waits, so nothing is
+streamed twice.
 """
 from __future__ import annotations
 
@@ -40,93 +44,23 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import torch
 
 from service.engine.block_pool import BlockPool, extend_hashes
-from service.engine.detokenizer import Decoder, IncrementalDetokenizer
-from service.engine.logprobs import prompt_logprobs, token_logprobs
+from service.engine.detokenizer import Decoder
+from service.engine.logprobs import ScoredTokens, prompt_logprobs
+from service.engine.output import Emitted, OutputThread, RequestStream, SequenceOutput, StepOutput
 from service.engine.runner import ModelRunner
 from service.engine.sampler import SamplingRow, sample, sequence_seed
-from service.engine.stop import StopStringMatcher
-from service.engine.types import (
-    Admission,
-    Finish,
-    FinishReason,
-    GenerationRequest,
-    SequenceUpdate,
-    StepEntry,
-    TokenLogprob,
-)
+from service.engine.types import Admission, Finish, FinishReason, GenerationRequest, StepEntry, TokenLogprob
 from service.errors import InvalidRequest, KvCacheExceeded, NotReady, QueueFull
 
 log = logging.getLogger(__name__)
 
-_END = object()
 # Free blocks kept back when admitting beside running sequences, as a share of the pool, so that a
 # new prompt does not take the blocks the decoding sequences need next.
 _ADMISSION_HEADROOM = 0.01
-
-
-class RequestStream:
-    """The asyncio side of one request: updates pushed by the engine thread, read by a servicer."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, engine: GenerationEngine, sequences: int) -> None:
-        self._loop = loop
-        self._engine = engine
-        self._queue: asyncio.Queue[object] = asyncio.Queue()
-        self._done = False
-        # Read first by __anext__ when admitted() took it off the queue.
-        self._held: object | None = None
-        self.admission: Admission | None = None
-        # Engine thread only: sequences not finished yet, and whether the request was admitted.
-        self._unfinished = sequences
-        self._joined = False
-
-    def _push(self, item: object) -> None:
-        """Called from the engine thread."""
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            pass
-
-    def cancel(self) -> None:
-        """Stops the request's sequences at the engine's next iteration. Idempotent."""
-        if not self._done:
-            self._done = True
-            self._engine._inbox.put(("cancel", self))
-
-    async def admitted(self) -> Admission | None:
-        """Waits until the request joins the running batch. None when it ended before (aborted
-        while it waited); raises the engine's error if it failed."""
-        if self.admission is None and self._held is None:
-            item = await self._queue.get()
-            if isinstance(item, Admission):
-                self.admission = item
-            else:
-                self._held = item
-        return self.admission
-
-    def __aiter__(self) -> AsyncIterator[SequenceUpdate]:
-        return self
-
-    async def __anext__(self) -> SequenceUpdate:
-        while True:
-            if self._held is not None:
-                item, self._held = self._held, None
-            else:
-                item = await self._queue.get()
-            if isinstance(item, Admission):
-                self.admission = item
-                continue
-            if item is _END:
-                self._done = True
-                raise StopAsyncIteration
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            return item  # type: ignore[return-value]
 
 
 @dataclass
@@ -171,8 +105,7 @@ class _Sequence:
     # Submission order, then index: with the priority, the order of admission and of preemption.
     arrival: tuple[int, int]
     row: SamplingRow
-    detokenizer: IncrementalDetokenizer
-    stops: StopStringMatcher
+    output: SequenceOutput
     deadline: float | None
     # The prompt, then the generated tokens. The keys and values of tokens[:computed] are in the
     # blocks of `blocks`; the others go through the model at the next steps.
@@ -187,11 +120,8 @@ class _Sequence:
     handle: int = 0
     # The first sequence of the request, whose prompt this one shares once it is computed.
     leader: _Sequence | None = None
-    text: str = ""
-    emitted: int = 0
-    unsent_ids: list[int] = field(default_factory=list)
-    unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
-    # Collected while the prompt is computed, when the request asked for them.
+    # Collected while the prompt is computed, when the request asked for them; handed to the
+    # output with the first token.
     prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
@@ -247,6 +177,7 @@ class GenerationEngine:
         self.kv_cache = KvCacheStats(blocks=runner.blocks, block_size=runner.block_size)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="tokenwire-engine", daemon=True)
+        self._output = OutputThread(lambda sequence: self._inbox.put(("stopped", sequence)))
 
     # asyncio side ---------------------------------------------------------------------------
 
@@ -260,6 +191,7 @@ class GenerationEngine:
         return self._pool.caching
 
     def start(self) -> None:
+        self._output.start()
         self._thread.start()
 
     def abort_all(self) -> None:
@@ -271,6 +203,7 @@ class GenerationEngine:
         self._stopping = True
         self._inbox.put(("stop", None))
         self._thread.join(timeout=10)
+        self._output.stop()
 
     @property
     def alive(self) -> bool:
@@ -341,6 +274,8 @@ class GenerationEngine:
                     self._enqueue(sequence)
             elif kind == "cancel":
                 self._cancel(payload)  # type: ignore[arg-type]
+            elif kind == "stopped":  # a stop string ended it
+                self._drop(payload)  # type: ignore[arg-type]
             elif kind == "abort":
                 self._abort_all()
 
@@ -366,13 +301,14 @@ class GenerationEngine:
                     banned_ids=banned,
                     constraint=request.constraint() if request.constraint else None,
                 ),
-                detokenizer=IncrementalDetokenizer(self._tokenizer, request.skip_special_tokens),
-                stops=StopStringMatcher(stopping.stop_strings, stopping.include_stop_string),
+                output=SequenceOutput.create(request, stream, i, self._tokenizer),
                 deadline=deadline,
                 tokens=list(request.prompt_ids),
             )
             for i in range(request.n)
         ]
+        for sequence in sequences:
+            sequence.output.sequence = sequence
         if request.prompt_logprobs is not None:
             sequences[0].prompt_logprobs = []
         return sequences
@@ -385,14 +321,20 @@ class GenerationEngine:
         for seq in [seq for seq in self._running if seq.stream is stream]:
             self._leave(seq)
 
+    def _drop(self, seq: _Sequence) -> None:
+        """Stops a sequence wherever it is (a stop string ended it)."""
+        if seq in self._running:
+            self._leave(seq)
+        self._waiting = [s for s in self._waiting if s is not seq]
+
     def _abort_all(self) -> None:
         for seq in self._waiting:
             if not seq.stream._joined:
                 with self._admission:
                     self._not_admitted -= 1
                 seq.stream._joined = True
-        for seq in [*self._running, *self._waiting]:
-            self._emit(seq, self._append_text(seq, seq.detokenizer.flush()) or Finish(FinishReason.ABORTED))
+        aborted = Finish(FinishReason.ABORTED)
+        self._output.put(StepOutput([Emitted(seq.output, None, aborted) for seq in [*self._running, *self._waiting]]))
         for seq in list(self._running):
             self._leave(seq)
         self._waiting = []
@@ -617,82 +559,41 @@ class GenerationEngine:
     def _sample_and_advance(self, logits: torch.Tensor, sequences: list[_Sequence]) -> None:
         tokens = sample(logits, [seq.row for seq in sequences])
         wanted = [seq.request.logprobs for seq in sequences]
+        scored = None
         if any(count is not None for count in wanted):
-            scored = token_logprobs(logits, tokens, [count or 0 for count in wanted])
-            for seq, logprob in zip(sequences, scored):
-                if seq.request.logprobs is not None:
-                    seq.unsent_logprobs.append(logprob)
-        for seq, token in zip(sequences, tokens):
-            seq.tokens.append(token)
-            if self._advance(seq, token):
+            scored = ScoredTokens(logits, tokens, [count or 0 for count in wanted])
+        emitted = []
+        for row, (seq, token) in enumerate(zip(sequences, tokens)):
+            finish = self._advance(seq, token)
+            prompt_scores = None
+            if seq.prompt_logprobs is not None:
+                prompt_scores, seq.prompt_logprobs = tuple(seq.prompt_logprobs), None
+            emitted.append(Emitted(seq.output, token, finish, row if wanted[row] is not None else None, prompt_scores))
+            if finish is not None:
                 self._leave(seq)
+        self._output.put(StepOutput(emitted, scored))
 
-    def _advance(self, seq: _Sequence, token: int) -> bool:
-        """Adds a sampled token, emits what can be emitted; returns True when the sequence ended."""
+    def _advance(self, seq: _Sequence, token: int) -> Finish | None:
+        """Adds a sampled token; returns the end it brings, as far as tokens decide it (stop
+        strings are the output thread's)."""
         stopping = seq.request.stopping
+        seq.tokens.append(token)
         seq.row.output_ids.append(token)
-        seq.unsent_ids.append(token)
-        finish: Finish | None = None
         constraint = seq.row.constraint
         if constraint is not None:
             constraint.accept(token)
         if token in stopping.stop_token_ids or (token in self._eos and not stopping.ignore_eos):
-            finish = Finish(FinishReason.STOP, stop_token_id=token)
-        elif constraint is not None and constraint.is_terminated():
-            finish = self._append_text(seq, seq.detokenizer.push(token)) or Finish(FinishReason.STOP)
-        else:
-            new_text = seq.detokenizer.push(token)
-            finish = self._append_text(seq, new_text)
-        if finish is None:
-            produced = len(seq.row.output_ids)
-            if produced >= stopping.min_new_tokens and seq.row.banned_ids:
-                seq.row.banned_ids = frozenset()
-            if produced >= stopping.max_new_tokens:
-                reason = FinishReason.CONTEXT_LENGTH if stopping.max_new_tokens_is_context_limit else FinishReason.LENGTH
-                finish = Finish(reason)
-            elif seq.deadline is not None and time.monotonic() >= seq.deadline:
-                finish = Finish(FinishReason.TIME_LIMIT)
-        if finish is not None and not finish.stop_string:
-            finish = self._append_text(seq, seq.detokenizer.flush()) or finish
-        self._emit(seq, finish)
-        return finish is not None
-
-    @staticmethod
-    def _append_text(seq: _Sequence, new_text: str) -> Finish | None:
-        if not new_text:
-            return None
-        new_from = len(seq.text)
-        seq.text += new_text
-        if len(seq.row.output_ids) < seq.request.stopping.min_new_tokens:
-            return None  # as in vLLM, stop strings count from min_new_tokens on, like stop tokens
-        match = seq.stops.find(seq.text, new_from)
-        if match is None:
-            return None
-        seq.text = seq.text[: match.text_end]
-        return Finish(FinishReason.STOP, stop_string=match.stop_string)
-
-    def _emit(self, seq: _Sequence, finish: Finish | None) -> None:
-        end = len(seq.text) if finish else seq.stops.safe_end(seq.text)
-        if end <= seq.emitted and finish is None:
-            return
-        text, seq.emitted = seq.text[seq.emitted : end], max(end, seq.emitted)
-        seq.stream._push(
-            SequenceUpdate(
-                seq.index,
-                text,
-                tuple(seq.unsent_ids),
-                finish,
-                logprobs=tuple(seq.unsent_logprobs),
-                prompt_logprobs=tuple(seq.prompt_logprobs) if seq.prompt_logprobs is not None else None,
-            )
-        )
-        seq.prompt_logprobs = None
-        seq.unsent_ids.clear()
-        seq.unsent_logprobs.clear()
-        if finish is not None:
-            seq.stream._unfinished -= 1
-            if seq.stream._unfinished == 0:
-                seq.stream._push(_END)
+            return Finish(FinishReason.STOP, stop_token_id=token)
+        if constraint is not None and constraint.is_terminated():
+            return Finish(FinishReason.STOP)
+        produced = len(seq.row.output_ids)
+        if produced >= stopping.min_new_tokens and seq.row.banned_ids:
+            seq.row.banned_ids = frozenset()
+        if produced >= stopping.max_new_tokens:
+            return Finish(FinishReason.CONTEXT_LENGTH if stopping.max_new_tokens_is_context_limit else FinishReason.LENGTH)
+        if seq.deadline is not None and time.monotonic() >= seq.deadline:
+            return Finish(FinishReason.TIME_LIMIT)
+        return None
 
     def _fail_running(self, error: Exception) -> None:
         failed = {id(s.stream): s.stream for s in self._running}
