@@ -132,11 +132,16 @@ function setBusy(busy) {
   ui.stop.disabled = !busy;
 }
 
+function showEmptyState() {
+  ui.transcript.replaceChildren(element("p", "empty", "Ask anything: replies stream from /v1/chat/completions."));
+}
+
 /** Takes back a turn that got no reply: its text returns to the composer. */
 function withdraw(turn, reply, text) {
   history.pop();
   turn.message.remove();
   reply.message.remove();
+  if (!history.length) showEmptyState();
   ui.message.value = text;
 }
 
@@ -202,7 +207,7 @@ async function send(event) {
 
 function newChat() {
   history.length = 0;
-  ui.transcript.replaceChildren(element("p", "empty", "Ask anything: replies stream from /v1/chat/completions."));
+  showEmptyState();
   showNotice("");
 }
 

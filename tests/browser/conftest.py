@@ -11,7 +11,7 @@ from .chromium import VIEWPORT, launch
 from .playground import Playground
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         browser = launch(playwright)

@@ -132,6 +132,7 @@ def test_an_api_error_shows_the_envelopes_message(playground: Playground, page: 
     expect(playground.notice).to_have_text("Invalid value for 'temperature': Input should be less than or equal to 2.")
     # The turn is taken back: nothing in the conversation, the text back in the composer.
     expect(page.locator("#transcript .message")).to_have_count(0)
+    expect(page.locator("#transcript .empty")).to_be_visible()
     expect(playground.message).to_have_value("Hello there")
 
 
