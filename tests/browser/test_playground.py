@@ -90,7 +90,10 @@ def test_replies_stream_in_with_their_usage_and_the_conversation_goes_on(
         second = playground.finished(playground.send(follow_up))
     history += [{"role": "assistant", "content": streamed}, {"role": "user", "content": follow_up}]
     assert second_request.value.post_data_json["messages"] == history
-    assert int(Playground.stats(second)["prompt"]) == prompt_tokens(bridge_url, history)
+    stats = Playground.stats(second)
+    assert int(stats["prompt"]) == prompt_tokens(bridge_url, history)
+    # The prefix cache still holds the first turn's blocks (prompt and reply).
+    assert 0 < int(stats["cached"]) < int(stats["prompt"])
 
 
 def test_stop_aborts_the_stream_and_the_worker_frees_the_sequence(
