@@ -1,4 +1,4 @@
-"""Takes the README's screenshot of the playground after a real reply, in headless Chromium.
+"""Takes the README's screenshot of the playground after two real turns, in headless Chromium.
 
     .venv/bin/python -m scripts.playground_screenshot [--url http://127.0.0.1:8000] [--out docs/playground.png]
 
@@ -18,7 +18,11 @@ from tests.browser.chromium import VIEWPORT, launch
 from tests.browser.playground import Playground
 from tests.servers import ROOT, start_bridge, start_worker
 
-PROMPT = "Give me three tips for writing clear Python, as a list, with one short code example."
+# Two turns: the second one's prompt is mostly the first turn, which the prefix cache serves.
+TURNS = (
+    ("Give me three tips for writing clear Python, as a list.", "160"),
+    ("Show one of them in a short code example.", "120"),
+)
 
 
 @contextlib.contextmanager
@@ -41,8 +45,10 @@ def screenshot(url: str, out: pathlib.Path) -> None:
         browser = launch(playwright)
         page = browser.new_page(viewport=VIEWPORT)
         playground = Playground(page, url).open()
-        playground.settings(system="You are a concise assistant.", temperature="0", max_tokens="200")
-        playground.finished(playground.send(PROMPT))
+        playground.settings(system="You are a concise assistant.", temperature="0")
+        for text, max_tokens in TURNS:
+            playground.settings(max_tokens=max_tokens)
+            playground.finished(playground.send(text))
         out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(out))
         browser.close()
