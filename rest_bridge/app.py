@@ -13,14 +13,14 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rest_bridge import errors
 from rest_bridge.auth import ApiKeyMiddleware
 from rest_bridge.config import BridgeSettings
 from rest_bridge.metrics import HTTPMetricsMiddleware
-from rest_bridge.routes import chat, completions, embeddings, health, metrics, models, tokenize
+from rest_bridge.routes import chat, completions, embeddings, health, metrics, models, playground, tokenize
 from rest_bridge.upstream import Upstream
 
 # A client's id is forwarded as gRPC metadata, which only carries printable ASCII.
@@ -59,6 +59,8 @@ ROUTES = [
     Route("/metrics", metrics.metrics, methods=["GET"]),
     Route("/tokenize", tokenize.tokenize, methods=["POST"]),
     Route("/detokenize", tokenize.detokenize, methods=["POST"]),
+    Route("/", playground.page, methods=["GET"]),
+    Mount(playground.STATIC_PREFIX, app=playground.static_files),
 ]
 
 

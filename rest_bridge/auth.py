@@ -1,7 +1,8 @@
 """Optional API keys on the REST API: `Authorization: Bearer KEY`, checked in constant time.
 
-/health and /metrics stay open for probes and scrapers. A refusal is a 401 in OpenAI's error
-envelope with a WWW-Authenticate challenge; the key itself is never echoed.
+/health and /metrics stay open for probes and scrapers, and so do the playground's page and files
+(they hold no data; the page sends the key typed into it, like any other client). A refusal is a
+401 in OpenAI's error envelope with a WWW-Authenticate challenge; the key itself is never echoed.
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rest_bridge.errors import APIError
+from rest_bridge.routes.playground import STATIC_PREFIX
 from tokenwire.api_keys import bearer_token, key_allowed
 
-OPEN_PATHS = frozenset({"/health", "/metrics"})
+OPEN_PATHS = frozenset({"/health", "/metrics", "/"})
 _REALM = 'Bearer realm="tokenwire"'
 
 
@@ -33,6 +35,10 @@ def unauthorized(token: str | None) -> APIError:
     )
 
 
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(f"{STATIC_PREFIX}/")
+
+
 class ApiKeyMiddleware:
     """Answers 401 unless the request carries one of `keys` (or asks for an open path)."""
 
@@ -41,7 +47,7 @@ class ApiKeyMiddleware:
         self.keys = tuple(keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or _is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         token = bearer_token(Headers(scope=scope).get("authorization"))

@@ -39,13 +39,28 @@ def tokenizer(generation_model):
 
 
 @pytest.fixture(scope="session")
-def worker_address(tmp_path_factory):
+def worker_metrics_port() -> int:
+    from tests.servers import free_port
+
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def worker_address(tmp_path_factory, worker_metrics_port):
     """A real worker with the default models, on a free loopback port."""
     from tests.servers import start_worker
 
-    address, process = start_worker(tmp_path_factory.mktemp("logs"), "--cache-dir", str(CACHE_DIR))
+    address, process = start_worker(
+        tmp_path_factory.mktemp("logs"), "--cache-dir", str(CACHE_DIR), "--metrics-port", str(worker_metrics_port)
+    )
     yield address
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_metrics_url(worker_address, worker_metrics_port) -> str:
+    """The Prometheus metrics of the `worker_address` worker."""
+    return f"http://127.0.0.1:{worker_metrics_port}/metrics"
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,7 @@ def _banner(args: argparse.Namespace) -> str:
     lines = [
         "",
         "tokenwire is ready",
+        f"  Playground:      http://{args.http_host}:{args.http_port}/",
         f"  OpenAI REST API: http://{args.http_host}:{args.http_port}/v1",
         f"  gRPC API:        {args.grpc_host}:{args.grpc_port}",
         f"  Metrics:         http://{args.http_host}:{args.http_port}/metrics (bridge)",

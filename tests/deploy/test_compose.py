@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
 
 from .conftest import ROOT
 
@@ -101,3 +102,57 @@ def test_api_key_and_metrics_pass_through(compose, services: dict, tmp_path: pat
     assert keyed["worker"]["environment"]["TOKENWIRE_API_KEYS"] == "sk-test"
     assert keyed["bridge"]["environment"]["TOKENWIRE_API_KEYS"] == "sk-test"
     assert keyed["bridge"]["environment"]["TOKENWIRE_WORKER_API_KEY"] == "sk-test"
+
+
+@pytest.fixture(scope="module")
+def monitoring(compose) -> dict:
+    result = compose("-f", str(COMPOSE_FILE), "--profile", "monitoring", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["services"]
+
+
+def test_monitoring_runs_only_in_its_profile(compose, services: dict, monitoring: dict) -> None:
+    assert compose("-f", str(COMPOSE_FILE), "--profile", "monitoring", "config", "-q").returncode == 0
+    assert not {"prometheus", "grafana"} & set(services)
+    assert set(monitoring) == set(services) | {"prometheus", "grafana"}
+    for name in ("prometheus", "grafana"):
+        assert monitoring[name]["profiles"] == ["monitoring"]
+        assert all(port.get("host_ip") == "127.0.0.1" for port in monitoring[name]["ports"]), name
+
+
+def bind_mounts(service: dict) -> dict[str, pathlib.Path]:
+    """Container path → host path of a service's bind mounts, each of which must exist."""
+    mounts = {v["target"]: pathlib.Path(v["source"]) for v in service["volumes"] if v["type"] == "bind"}
+    for target, source in mounts.items():
+        assert source.exists() and source.is_relative_to(ROOT / "deploy"), f"{target}: {source}"
+    return mounts
+
+
+def test_prometheus_scrapes_the_bridge_and_every_worker_replica(monitoring: dict) -> None:
+    prometheus = monitoring["prometheus"]
+    config_flag = next(arg for arg in prometheus["command"] if arg.startswith("--config.file="))
+    config = yaml.safe_load(bind_mounts(prometheus)[config_flag.split("=", 1)[1]].read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    bridge_port = monitoring["bridge"]["command"][monitoring["bridge"]["command"].index("--http-port") + 1]
+    assert jobs["tokenwire-bridge"]["static_configs"] == [{"targets": [f"bridge:{bridge_port}"]}]
+    worker_metrics_port = int(monitoring["worker"]["environment"]["TOKENWIRE_METRICS_PORT"])
+    # One DNS A record per replica: `--scale worker=N` is followed.
+    assert jobs["tokenwire-worker"]["dns_sd_configs"] == [
+        {"names": ["worker"], "type": "A", "port": worker_metrics_port, "refresh_interval": "15s"}
+    ]
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(monitoring: dict) -> None:
+    grafana = monitoring["grafana"]
+    mounts = bind_mounts(grafana)
+    provisioning = mounts["/etc/grafana/provisioning"]
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert [(d["type"], d["url"], d["isDefault"]) for d in datasources] == [
+        ("prometheus", "http://prometheus:9090", True)
+    ]
+    assert any(port["target"] == 9090 for port in monitoring["prometheus"]["ports"])
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "tokenwire.yml").read_text())["providers"]
+    dashboards = mounts[provider["options"]["path"]]
+    assert json.loads((dashboards / "tokenwire.json").read_text())["uid"] == "tokenwire"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/tokenwire.json"

@@ -29,10 +29,12 @@ def test_serve_starts_worker_and_bridge_and_stops_on_sigterm(tmp_path):
     try:
         stack.wait_until(lambda: "tokenwire is ready" in stack.log.read_text(), 300)
         banner = stack.log.read_text()
+        assert f"Playground:      http://127.0.0.1:{http_port}/\n" in banner
         assert f"http://127.0.0.1:{http_port}/v1" in banner
         assert f"http://127.0.0.1:{metrics_port}/metrics (worker)" in banner
         url = f"http://127.0.0.1:{http_port}"
         assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 401
+        assert httpx.get(f"{url}/", timeout=10).status_code == 200  # the playground asks for the key
         # The one key opens the bridge, and the bridge passes it on to the worker.
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="serve-key", max_retries=0)
         reply = client.chat.completions.create(

@@ -68,3 +68,9 @@ async def test_health_fails_while_the_worker_refuses_the_bridges_key(worker_key:
     if status != 200:
         error = response.json()["error"]
         assert error["type"] == "server_error" and "authenticate to its model worker" in error["message"]
+
+
+async def test_the_playground_needs_no_key_but_its_api_calls_do(secured: httpx.AsyncClient) -> None:
+    assert (await secured.get("/")).status_code == 200
+    assert (await secured.get("/static/playground.js")).status_code == 200
+    assert (await secured.get("/v1/models")).status_code == 401
