@@ -77,6 +77,9 @@ _RPC_MAPPING: dict[grpc.StatusCode, tuple[int, str, str | None, str]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout", None, "The request timed out."),
 }
 _INTERNAL = (500, "server_error", None, "The model worker failed to process the request.")
+# Answers that tell the client when to try again (Retry-After, in seconds): a full queue, and a
+# worker that is down, restarting or loading.
+_SAY_WHEN_TO_RETRY = frozenset({429, 503})
 # The worker checks only the bridge's own key (--worker-api-key); REST clients' keys are checked
 # by the bridge itself (auth.py), so a refusal here is the bridge's misconfiguration.
 _CREDENTIALS_REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
@@ -128,7 +131,7 @@ def from_rpc_error(error: grpc.aio.AioRpcError, params: Mapping[str, str]) -> AP
             retry = error_details_pb2.RetryInfo()
             detail.Unpack(retry)
             retry_after = max(1, math.ceil(retry.retry_delay.ToTimedelta().total_seconds()))
-    headers = {"Retry-After": str(retry_after)} if status == 429 else None
+    headers = {"Retry-After": str(retry_after)} if status in _SAY_WHEN_TO_RETRY else None
     if status == 500:
         logger.error("worker call failed: %s %s", error.code(), error.details())
     return APIError(status, message, type=type_, param=param, code=code, headers=headers)
@@ -143,6 +146,11 @@ def _worker_refused_bridge(error: grpc.aio.AioRpcError) -> APIError:
         error.details(),
     )
     return APIError(502, "The server could not authenticate to its model worker.", type="server_error")
+
+
+def not_serving(message: str) -> APIError:
+    """A 503 for a worker that is up but not serving (loading, draining), with Retry-After."""
+    return APIError(503, message, type="server_error", code="not_ready", headers={"Retry-After": "1"})
 
 
 def internal_error() -> APIError:

@@ -20,6 +20,10 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
     # Without it, channels with equal options share one connection and the pool is pointless.
     ("grpc.use_local_subchannel_pool", 1),
+    # A worker that restarts is reached within a second of serving again: gRPC's default backoff
+    # grows to two minutes between attempts to connect.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 )
 # The deadline of metadata calls (health, model cards), whatever the generation deadline: a worker
 # answers them at once, so one that has not answered within this is stuck, and the client hears

@@ -1,13 +1,14 @@
 """Real tokenwire processes on loopback for tests: start, wait until ready, stop."""
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -60,7 +61,7 @@ class ServerProcess:
 def start(name: str, args: list[str], log_dir: pathlib.Path) -> ServerProcess:
     log = log_dir / f"{name}.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as out:
+    with log.open("ab") as out:  # a restarted server adds to its log
         process = subprocess.Popen(
             [sys.executable, "-m", "tokenwire.cli", *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
         )
@@ -73,16 +74,27 @@ def grpc_serving(address: str) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def start_worker(log_dir: pathlib.Path, *extra: str) -> tuple[str, ServerProcess]:
-    port = free_port()
-    worker = start(f"worker-{port}", ["worker", "--grpc-host", "127.0.0.1", "--grpc-port", str(port), *extra], log_dir)
-    address = f"127.0.0.1:{port}"
+def start_workers(log_dir: pathlib.Path, *extra: str, ports: Sequence[int | None] = (None,)) -> list[tuple[str, ServerProcess]]:
+    """One worker per port (None: a free one), started together, once they all serve."""
+    workers: list[tuple[str, ServerProcess]] = []
     try:
-        worker.wait_until(lambda: grpc_serving(address), WORKER_START_TIMEOUT_S)
+        for port in ports:
+            port = port or free_port()
+            args = ["worker", "--grpc-host", "127.0.0.1", "--grpc-port", str(port), *extra]
+            workers.append((f"127.0.0.1:{port}", start(f"worker-{port}", args, log_dir)))
+        for address, worker in workers:
+            worker.wait_until(functools.partial(grpc_serving, address), WORKER_START_TIMEOUT_S)
     except BaseException:
-        worker.stop()
+        for _, worker in workers:
+            worker.stop()
         raise
-    return address, worker
+    return workers
+
+
+def start_worker(log_dir: pathlib.Path, *extra: str) -> tuple[str, ServerProcess]:
+    """A worker on a free port, once it serves."""
+    [worker] = start_workers(log_dir, *extra)
+    return worker
 
 
 def start_bridge(log_dir: pathlib.Path, worker_address: str, *extra: str) -> tuple[str, ServerProcess]:

@@ -6,7 +6,7 @@ from grpc_health.v1 import health_pb2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from rest_bridge.errors import APIError, rpc_errors
+from rest_bridge.errors import not_serving, rpc_errors
 from rest_bridge.routes.common import stubs_and_options
 from rest_bridge.upstream import METADATA_TIMEOUT_S
 from tokenwire.v1 import models_pb2
@@ -18,7 +18,7 @@ async def health(request: Request) -> Response:
         response = await stubs.health.Check(health_pb2.HealthCheckRequest(service=""), **options)
         if response.status != health_pb2.HealthCheckResponse.SERVING:
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-            raise APIError(503, f"The model worker is not serving ({status}).", type="server_error", code="not_ready")
+            raise not_serving(f"The model worker is not serving ({status}).")
         # grpc.health.v1 needs no key: this cheap call of the worker's own API proves that the
         # worker takes the bridge's key (a refused one is the 502 every API call would get).
         await stubs.models.ListModels(models_pb2.ListModelsRequest(), **options)

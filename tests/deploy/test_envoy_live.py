@@ -7,60 +7,29 @@ from __future__ import annotations
 
 import json
 import pathlib
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import grpc
 import httpx
 import pytest
 
-from tests.servers import ServerProcess, free_port
 from tokenwire.v1 import models_pb2, models_pb2_grpc
 
-from .conftest import envoy_binary, write_envoy_config
+from .conftest import Envoy, running_envoy
 
 DEFAULT_MODELS = {"HuggingFaceTB/SmolLM2-135M-Instruct", "sentence-transformers/all-MiniLM-L6-v2"}
-
-
-@dataclass
-class Envoy:
-    listen_port: int
-    admin_port: int
-    worker_address: str
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.listen_port}"
-
-    def admin(self, path: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5)
 
 
 @pytest.fixture(scope="module")
 def envoy(worker_address: str, descriptor: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Envoy]:
     """A real Envoy (deploy/envoy.yaml) in front of the session's real worker."""
-    directory = tmp_path_factory.mktemp("envoy")
-    running = Envoy(listen_port=free_port(), admin_port=free_port(), worker_address=worker_address)
-    host, port = worker_address.rsplit(":", 1)
-    config = write_envoy_config(
-        directory / "envoy.yaml", descriptor, worker=(host, int(port)),
-        listen_port=running.listen_port, admin_port=running.admin_port,
-    )
-    log = directory / "envoy.log"
-    command = [envoy_binary(), "-c", str(config), "--disable-hot-restart", "--log-level", "warning"]
-    with log.open("wb") as out:
-        process = ServerProcess("envoy", subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), log)
-    try:
-        process.wait_until(lambda: running.admin("/ready").status_code == 200, timeout=30)
+    with running_envoy(tmp_path_factory.mktemp("envoy"), descriptor, [worker_address]) as running:
         yield running
-    finally:
-        process.stop()
 
 
-def test_cluster_sees_the_worker_healthy(envoy: Envoy) -> None:
-    flag = f"workers::{envoy.worker_address}::health_flags::healthy"
+def test_cluster_sees_the_worker_healthy(envoy: Envoy, worker_address: str) -> None:
+    flag = f"workers::{worker_address}::health_flags::healthy"
     deadline = time.monotonic() + 20
     while flag not in envoy.admin("/clusters").text and time.monotonic() < deadline:
         time.sleep(0.5)

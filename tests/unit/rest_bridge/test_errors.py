@@ -102,10 +102,17 @@ def test_resource_exhausted_without_retry_info_still_has_retry_after() -> None:
     assert envelope(error)["code"] == "rate_limit_exceeded"
 
 
+def test_unavailable_worker_is_a_503_with_retry_after() -> None:
+    # Raised by the channel itself while the worker is down or restarting: no details.
+    error = from_rpc_error(rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses"), {})
+    response = error.response()
+    assert (response.status_code, error.type) == (503, "server_error")
+    assert response.headers["retry-after"] == "1"
+
+
 @pytest.mark.parametrize(
     ("code", "status", "error_type"),
     [
-        (grpc.StatusCode.UNAVAILABLE, 503, "server_error"),
         (grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout"),
         (grpc.StatusCode.INTERNAL, 500, "server_error"),
         (grpc.StatusCode.UNKNOWN, 500, "server_error"),
