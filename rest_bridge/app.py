@@ -21,7 +21,7 @@ from rest_bridge.auth import ApiKeyMiddleware
 from rest_bridge.config import BridgeSettings
 from rest_bridge.metrics import HTTPMetricsMiddleware
 from rest_bridge.routes import chat, completions, embeddings, health, metrics, models, playground, tokenize
-from rest_bridge.upstream import Upstream
+from rest_bridge.upstream import Upstreams
 
 # A client's id is forwarded as gRPC metadata, which only carries printable ASCII.
 _REQUEST_ID = re.compile(r"[!-~]{1,128}")
@@ -73,14 +73,16 @@ def _middleware(settings: BridgeSettings) -> list[Middleware]:
 
 
 def create_app(settings: BridgeSettings) -> Starlette:
-    upstream = Upstream(settings.worker_address, settings.request_timeout, settings.worker_api_key)
+    upstreams = Upstreams(
+        settings.worker_address, settings.request_timeout, settings.worker_api_key, settings.model_workers
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await upstream.close()
+            await upstreams.close()
 
     app = Starlette(
         routes=ROUTES,
@@ -98,7 +100,7 @@ def create_app(settings: BridgeSettings) -> Starlette:
     # unknown path, it is a 404 in the envelope, as OpenAI answers it.
     app.router.redirect_slashes = False
     app.state.settings = settings
-    app.state.upstream = upstream
+    app.state.upstreams = upstreams
     return app
 
 

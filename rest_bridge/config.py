@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from tokenwire.api_keys import add_api_key_argument
 
@@ -32,6 +33,15 @@ def add_bridge_arguments(parser: argparse.ArgumentParser, standalone: bool = Tru
         help="gRPC deadline of one request in seconds, 0 for none "
         "(env TOKENWIRE_REQUEST_TIMEOUT; default %(default)s)",
     )
+    group.add_argument(
+        "--worker",
+        action="append",
+        dest="model_workers",
+        default=[item for item in os.environ.get("TOKENWIRE_WORKERS", "").split(",") if item],
+        metavar="MODEL=ADDRESS",
+        help="send the requests for MODEL to the worker (or Envoy) at host:port ADDRESS; other "
+        "models go to the default worker (repeatable; env TOKENWIRE_WORKERS, comma-separated)",
+    )
     if standalone:
         group.add_argument(
             "--worker-address",
@@ -57,6 +67,15 @@ def _connect_host(host: str) -> str:
     return host
 
 
+def parse_model_worker(spec: str) -> tuple[str, str]:
+    """`MODEL=HOST:PORT` of --worker."""
+    model, _, address = spec.partition("=")
+    host, _, port = address.rpartition(":")
+    if not model or not host or not port.isdigit():
+        raise ValueError(f"--worker {spec!r}: expected MODEL=HOST:PORT, e.g. my-org/embedder=10.0.0.2:50051")
+    return model, address
+
+
 @dataclass(frozen=True)
 class BridgeSettings:
     http_host: str = "127.0.0.1"
@@ -68,9 +87,16 @@ class BridgeSettings:
     api_keys: tuple[str, ...] = ()
     # The key the bridge sends to the worker, if the worker wants one.
     worker_api_key: str | None = None
+    # Models served elsewhere than `worker_address`: model id -> host:port.
+    model_workers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BridgeSettings:
+        """The settings of the flags; a bad flag is a one-line SystemExit."""
+        try:
+            model_workers = dict(parse_model_worker(spec) for spec in args.model_workers)
+        except ValueError as error:
+            raise SystemExit(f"tokenwire bridge: {error}") from None
         api_keys = tuple(args.api_keys)
         if hasattr(args, "worker_address"):
             worker_address, worker_api_key = args.worker_address, args.worker_api_key
@@ -85,4 +111,5 @@ class BridgeSettings:
             request_timeout=timeout if timeout > 0 else None,
             api_keys=api_keys,
             worker_api_key=worker_api_key,
+            model_workers=model_workers,
         )

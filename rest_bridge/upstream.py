@@ -1,8 +1,10 @@
-"""The gRPC side of the bridge: a small round-robin pool of channels to one worker, whose calls
-carry the request id (and the worker's API key) and feed the bridge's usage metrics."""
+"""The gRPC side of the bridge: a small round-robin pool of channels per worker address, whose
+calls carry the request id (and the worker's API key) and feed the bridge's usage metrics; and
+which address serves which model."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,3 +90,36 @@ class Upstream:
         channels, self._channels, self._stubs = self._channels, [], []
         for channel in channels:
             await channel.close()
+
+
+class Upstreams:
+    """Every worker address the bridge calls: a default one, and those that serve given models.
+
+    An address may be one worker or a balancer (Envoy) in front of many; models that share an
+    address share its channels.
+    """
+
+    def __init__(
+        self,
+        default_address: str,
+        timeout: float | None,
+        api_key: str | None = None,
+        model_addresses: Mapping[str, str] | None = None,
+    ) -> None:
+        model_addresses = model_addresses or {}
+        addresses = dict.fromkeys([default_address, *model_addresses.values()])  # in order, once each
+        by_address = {address: Upstream(address, timeout, api_key) for address in addresses}
+        self.default = by_address[default_address]
+        self._by_model = {model: by_address[address] for model, address in model_addresses.items()}
+        self.all = list(by_address.values())
+
+    def for_model(self, model: str | None) -> Upstream:
+        """Where requests for `model` go: `org/name` and `org/name:VERSION` to the address named
+        for `org/name`; no model, any other model and `deploy_id:ID` to the default one."""
+        if not model:
+            return self.default
+        return self._by_model.get(model.split(":", 1)[0], self.default)
+
+    async def close(self) -> None:
+        for upstream in self.all:
+            await upstream.close()

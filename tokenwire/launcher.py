@@ -155,10 +155,13 @@ def _drain(bridge: _Child, worker: _Child, grace_s: float) -> None:
 
 def run_stack(args: argparse.Namespace) -> int:
     from rest_bridge.app import run_bridge
+    from rest_bridge.config import BridgeSettings
     from service.server import checked_settings, run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = checked_settings(args)  # a bad worker flag stops `serve` before either process starts
+    # A bad flag stops `serve` before either process starts.
+    settings = checked_settings(args)
+    BridgeSettings.from_args(args)
     worker, bridge = _Child("worker", run_worker), _Child("bridge", run_bridge)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -19,7 +19,7 @@ from rest_bridge import schemas, translate
 from rest_bridge.errors import APIError, ClientGone, from_validation_error, rpc_errors
 from rest_bridge.fanout import FanOut, PromptStreams, responses
 from rest_bridge.sse import EventStreamResponse, generation_events
-from rest_bridge.upstream import Stubs, Upstream
+from rest_bridge.upstream import Stubs, Upstream, Upstreams
 from tokenwire.v1 import generation_pb2
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -76,9 +76,13 @@ def request_id(request: Request) -> str:
     return str(request.state.request_id)
 
 
-def stubs_and_options(request: Request, max_timeout: float | None = None) -> tuple[Stubs, dict[str, Any]]:
-    """The next channel's stubs and the keyword arguments for one call (deadline, request id)."""
-    pool: Upstream = request.app.state.upstream
+def stubs_and_options(
+    request: Request, max_timeout: float | None = None, *, model: str | None = None, upstream: Upstream | None = None
+) -> tuple[Stubs, dict[str, Any]]:
+    """The stubs of the next channel to the worker that serves `model` (or of `upstream`), and
+    the keyword arguments for one call (deadline, request id)."""
+    upstreams: Upstreams = request.app.state.upstreams
+    pool = upstream or upstreams.for_model(model)
     return pool.stubs(), pool.call_options(request_id(request), max_timeout)
 
 
@@ -141,7 +145,7 @@ async def generate(
     still plain JSON answers with their own status, since no byte of the stream has been sent; a
     later prompt's failure is an error event in the stream.
     """
-    stubs, options = stubs_and_options(request)
+    stubs, options = stubs_and_options(request, model=body.model)
     params = translate.request_params(fmt, body)
     n = body.choices_per_prompt
     # Every prompt's request asks for the same outputs.

@@ -12,7 +12,7 @@ from rest_bridge.schemas import EmbeddingRequest
 
 async def create_embedding(request: Request) -> Response:
     body = await parse_body(request, EmbeddingRequest)
-    stubs, options = stubs_and_options(request)
+    stubs, options = stubs_and_options(request, model=body.model)
     call = stubs.embedding.Embed(translate.embed_request(body, request_id(request)), **options)
     with rpc_errors(translate.EMBEDDING_PARAMS):
         response = await until_ready(request, [call], call)

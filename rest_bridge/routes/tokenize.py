@@ -12,7 +12,7 @@ from rest_bridge.schemas import DetokenizeRequest, TokenizeRequest
 
 async def tokenize(request: Request) -> Response:
     body = await parse_body(request, TokenizeRequest)
-    stubs, options = stubs_and_options(request)
+    stubs, options = stubs_and_options(request, model=body.model)
     with rpc_errors(translate.TOKENIZE_PARAMS):
         response = await stubs.tokenization.Tokenize(translate.tokenize_request(body), **options)
     return JSONResponse(translate.tokenize_response(response, body.return_token_strs))
@@ -20,7 +20,7 @@ async def tokenize(request: Request) -> Response:
 
 async def detokenize(request: Request) -> Response:
     body = await parse_body(request, DetokenizeRequest)
-    stubs, options = stubs_and_options(request)
+    stubs, options = stubs_and_options(request, model=body.model)
     with rpc_errors(translate.DETOKENIZE_PARAMS):
         response = await stubs.tokenization.Detokenize(translate.detokenize_request(body), **options)
     return JSONResponse(translate.detokenize_response(response))

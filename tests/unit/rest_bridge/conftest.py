@@ -23,7 +23,7 @@ async def fake_worker() -> AsyncIterator[FakeWorker]:
 async def app(fake_worker: FakeWorker) -> AsyncIterator[Starlette]:
     application = create_app(BridgeSettings(worker_address=fake_worker.address, request_timeout=10))
     yield application
-    await application.state.upstream.close()
+    await application.state.upstreams.close()
 
 
 @pytest.fixture

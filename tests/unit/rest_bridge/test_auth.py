@@ -21,7 +21,7 @@ async def secured(fake_worker: FakeWorker) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge") as http:
         yield http
-    await app.state.upstream.close()
+    await app.state.upstreams.close()
 
 
 @pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer k3"}, {"authorization": "k1"}])
@@ -62,7 +62,7 @@ async def test_health_fails_while_the_worker_refuses_the_bridges_key(worker_key:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge") as http:
             response = await http.get("/health")
     finally:
-        await app.state.upstream.close()
+        await app.state.upstreams.close()
         await fake.server.stop(grace=None)
     assert response.status_code == status
     if status != 200:

@@ -194,7 +194,7 @@ async def test_metadata_calls_to_a_stuck_worker_fail_fast(stuck_worker: str) -> 
         paths = ("/v1/models", f"/v1/models/{GENERATION_MODEL}", "/health")
         # Bounded well above the metadata deadline, far below the request timeout.
         answers = await asyncio.wait_for(asyncio.gather(*(http.get(path) for path in paths)), 12 * METADATA_TIMEOUT_S)
-    await app.state.upstream.close()
+    await app.state.upstreams.close()
     for answer in answers:
         assert answer.status_code == 504
         assert answer.json()["error"] == {
