@@ -17,7 +17,7 @@ import yaml
 from tests.servers import ServerProcess, free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-ENVOY_YAML = ROOT / "deploy" / "envoy.yaml"
+ENVOY_YAML = ROOT / "deploy" / "envoy" / "envoy.yaml"
 
 
 def envoy_binary() -> str:
@@ -51,7 +51,7 @@ def write_envoy_config(
     listen_port: int | None = None,
     admin_port: int | None = None,
 ) -> pathlib.Path:
-    """deploy/envoy.yaml with these substitutions and no other change: the descriptor path, and
+    """deploy/envoy/envoy.yaml with these substitutions and no other change: the descriptor path, and
     optionally the workers' endpoint (the `worker` DNS name) by `workers` ("host:port" each),
     and the listener's and the admin's addresses by loopback ones."""
     config = load_envoy_config()
@@ -133,7 +133,7 @@ class Envoy:
 
 @contextlib.contextmanager
 def running_envoy(directory: pathlib.Path, descriptor: pathlib.Path, workers: Sequence[str]) -> Iterator[Envoy]:
-    """A real Envoy running deploy/envoy.yaml in front of `workers`, on loopback ports."""
+    """A real Envoy running deploy/envoy/envoy.yaml in front of `workers`, on loopback ports."""
     envoy = Envoy(listen_port=free_port(), admin_port=free_port())
     config = write_envoy_config(
         directory / "envoy.yaml", descriptor, workers=workers,

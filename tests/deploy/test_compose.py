@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from .conftest import ROOT
+from .conftest import ROOT, load_envoy_config
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
@@ -68,6 +68,13 @@ def test_workers_are_replicated_and_health_checked(services: dict) -> None:
     assert not worker.get("ports"), "replicas cannot share a host port; clients go through Envoy"
     cache = worker["environment"]["TOKENWIRE_CACHE_DIR"]
     assert any(v["type"] == "volume" and v["target"] == cache for v in worker["volumes"])
+
+
+def test_envoy_finds_the_workers_by_their_alias(services: dict) -> None:
+    cluster = load_envoy_config()["static_resources"]["clusters"][0]
+    [endpoint] = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    name = endpoint["endpoint"]["address"]["socket_address"]["address"]
+    assert name in services["worker"]["networks"]["default"]["aliases"]
 
 
 def published(service: dict) -> set[int]:

@@ -1,4 +1,4 @@
-"""deploy/envoy.yaml: the real Envoy accepts it, and it covers every service of the proto."""
+"""deploy/envoy/envoy.yaml: the real Envoy accepts it, and it covers every service of the proto."""
 from __future__ import annotations
 
 import pathlib

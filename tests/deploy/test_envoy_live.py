@@ -1,4 +1,4 @@
-"""End to end through a real Envoy (deploy/envoy.yaml) in front of a real tokenwire worker.
+"""End to end through a real Envoy (deploy/envoy/envoy.yaml) in front of a real tokenwire worker.
 
 Select it alone with `pytest tests/deploy/test_envoy_live.py`. The worker is the test session's
 (tests/conftest.py), shared with the integration tests.
@@ -23,7 +23,7 @@ DEFAULT_MODELS = {"HuggingFaceTB/SmolLM2-135M-Instruct", "sentence-transformers/
 
 @pytest.fixture(scope="module")
 def envoy(worker_address: str, descriptor: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Envoy]:
-    """A real Envoy (deploy/envoy.yaml) in front of the session's real worker."""
+    """A real Envoy (deploy/envoy/envoy.yaml) in front of the session's real worker."""
     with running_envoy(tmp_path_factory.mktemp("envoy"), descriptor, [worker_address]) as running:
         yield running
 

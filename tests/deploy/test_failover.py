@@ -1,6 +1,6 @@
 """Failover and drain as clients see them, on loopback without Docker.
 
-A real Envoy runs deploy/envoy.yaml, with its `worker` endpoint replaced by two real workers (see
+A real Envoy runs deploy/envoy/envoy.yaml, with its `worker` endpoint replaced by two real workers (see
 conftest.write_envoy_config for the only substitutions). A real bridge reaches them through Envoy.
 Four clients call in a loop: REST through the bridge with the openai SDK and gRPC through Envoy,
 each streamed and not. Then one worker is killed (SIGKILL), restarted, and the other one is
