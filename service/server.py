@@ -24,6 +24,7 @@ from service.config import WorkerSettings
 from service.engine.types import GenerationRequest, SamplingParams, StoppingParams
 from service.metrics import serve_metrics
 from service.models.loading import load_embedding_model, load_generation_model, parse_spec
+from service.models.prompting import min_token_count
 from service.models.registry import EmbeddingModel, GenerationModel, ModelRegistry
 from service.servicers.auth import ApiKeyInterceptor
 from service.servicers.embedding import EmbeddingServicer
@@ -102,6 +103,8 @@ async def warm_up(registry: ModelRegistry) -> None:
                 pass
             if model.constraints is not None:  # builds the grammar engine's view of the tokenizer
                 await asyncio.to_thread(model.constraints.json_object)
+            # Reads the vocabulary once (about a second) for the early refusal of oversized prompts.
+            await asyncio.to_thread(min_token_count, model.tokenizer, "Hello")
         elif isinstance(model, EmbeddingModel):
             await model.embedder.embed([model.tokenizer.encode("Hello")])
 

@@ -39,16 +39,6 @@ def render_chat(
         raise InvalidRequest(f"The chat template rejected the messages: {error}", field="chat.messages") from None
 
 
-def encode_chat(
-    tokenizer: Any,
-    messages: list[dict[str, Any]],
-    add_generation_prompt: bool = True,
-    tools: list[dict[str, Any]] | None = None,
-) -> list[int]:
-    # The template already wrote every special token (BOS included), so none are added again.
-    return tokenizer.encode(render_chat(tokenizer, messages, add_generation_prompt, tools), add_special_tokens=False)
-
-
 def encode_text(tokenizer: Any, text: str, add_special_tokens: bool = True) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=add_special_tokens)
 

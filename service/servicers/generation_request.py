@@ -153,7 +153,8 @@ def build_generation_request(
     """`output`: the request's structured output and tools, from structured.output_plan().
 
     Tokenizes the prompt, which takes seconds for megabytes of text: call it off the event loop.
-    A text prompt that cannot fit the context is refused before that (exact lower bound).
+    A text prompt or a rendered chat that cannot fit the context is refused before that (exact
+    lower bound).
     """
     output = output or OutputPlan()
     n = _optional(request.sampling, "n", 1)
@@ -163,9 +164,11 @@ def build_generation_request(
             field="sampling.n",
         )
     sampling = _sampling(request, model)
-    if request.WhichOneof("prompt") == "text":
-        _check_room(model.card.context_length, min_token_count(model.tokenizer, request.text), at_least=True)
-    prompt_ids = generation_prompt_ids(request, model.tokenizer, output.prompt_tools)
+
+    def fits(text: str) -> None:
+        _check_room(model.card.context_length, min_token_count(model.tokenizer, text), at_least=True)
+
+    prompt_ids = generation_prompt_ids(request, model.tokenizer, output.prompt_tools, fits)
     stopping = _stopping(request, model, len(prompt_ids))
     seed = _optional(request.sampling, "seed", None)
     skip_special = _optional(request.response, "skip_special_tokens", True)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from service.errors import InvalidRequest
-from service.models.prompting import encode_chat, encode_text
+from service.models.prompting import encode_text, render_chat
 from tokenwire.v1 import generation_pb2
 
 # Each role and the role chat templates know it by: OpenAI's "developer" is its newer name for
@@ -57,13 +58,21 @@ def check_token_ids(ids: list[int], vocab_size: int, field: str) -> list[int]:
 
 
 def generation_prompt_ids(
-    request: generation_pb2.GenerateRequest, tokenizer: Any, tools: list[dict[str, Any]] | None = None
+    request: generation_pb2.GenerateRequest,
+    tokenizer: Any,
+    tools: list[dict[str, Any]] | None = None,
+    check_text: Callable[[str], None] = lambda text: None,
 ) -> list[int]:
-    """The prompt's token ids; `tools` (OpenAI's shape) go into a chat prompt's template."""
+    """The prompt's token ids; `tools` (OpenAI's shape) go into a chat prompt's template.
+
+    `check_text` sees the text about to be tokenized (the text prompt, or the chat as its template
+    renders it) and may refuse it: tokenizing megabytes takes seconds.
+    """
     kind = request.WhichOneof("prompt")
     if kind == "text":
         if not request.text:
             raise InvalidRequest("The prompt must not be empty.", field="prompt")
+        check_text(request.text)
         return encode_text(tokenizer, request.text)
     if kind == "token_ids":
         return check_token_ids(list(request.token_ids.ids), len(tokenizer), "prompt")
@@ -71,5 +80,8 @@ def generation_prompt_ids(
         add_generation_prompt = (
             request.chat.add_generation_prompt if request.chat.HasField("add_generation_prompt") else True
         )
-        return encode_chat(tokenizer, chat_messages(request.chat), add_generation_prompt, tools)
+        text = render_chat(tokenizer, chat_messages(request.chat), add_generation_prompt, tools)
+        check_text(text)
+        # The template already wrote every special token (BOS included), so none are added again.
+        return encode_text(tokenizer, text, add_special_tokens=False)
     raise InvalidRequest("A prompt is required: text, token_ids or chat.", field="prompt")

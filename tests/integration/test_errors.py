@@ -42,6 +42,16 @@ def test_context_overflow_is_400_before_any_sse_byte(http):
     assert error["param"] == "messages"
 
 
+def test_a_chat_of_megabytes_is_refused_before_it_is_tokenized(http):
+    # 20 MB, under the 64 MiB body limit: tokenized, it would take many seconds.
+    text = "The quick brown fox jumps over the lazy dog. " * 450_000
+    response = http.post("/v1/chat/completions", json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": text}]})
+    assert response.status_code == 400
+    error = _envelope(response)
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "messages")
+    assert "at least" in error["message"]  # a lower bound of the rendered chat, not a count of its tokens
+
+
 def test_max_tokens_beyond_context_is_400(client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=9000)

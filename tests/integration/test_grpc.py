@@ -284,16 +284,13 @@ def _oversized_call(channel: grpc.Channel, kind: str) -> grpc.Future:
     if kind == "embed":
         request = embedding_pb2.EmbedRequest(inputs=[embedding_pb2.EmbedInput(text=HUGE)])
         return embedding_pb2_grpc.EmbeddingStub(channel).Embed.future(request)
-    if kind == "chat":
-        chat = generation_pb2.ChatPrompt(messages=[generation_pb2.ChatMessage(role="user", content=HUGE)])
-        return generation_pb2_grpc.GenerationStub(channel).Generate.future(generation_pb2.GenerateRequest(chat=chat))
     # 8 MB of spaces: as slow to tokenize, but few tokens (long whitespace tokens), so a small
     # reply, which cannot be still on its way when the other calls are answered.
     request = tokenization_pb2.TokenizeRequest(text=" " * 8_000_000)
     return tokenization_pb2_grpc.TokenizationStub(channel).Tokenize.future(request)
 
 
-@pytest.mark.parametrize("kind", ["embed", "chat", "tokenize"])
+@pytest.mark.parametrize("kind", ["embed", "tokenize"])
 def test_an_oversized_input_does_not_stall_other_calls(channel, kind):
     """Tokenizing runs off the worker's event loop: health checks and small requests made
     meanwhile are answered before the big call ends."""
@@ -311,9 +308,14 @@ def test_an_oversized_input_does_not_stall_other_calls(channel, kind):
         assert _details(big.exception())["ErrorInfo"].reason == "CONTEXT_LENGTH_EXCEEDED"
 
 
-def test_an_oversized_text_prompt_is_refused_without_tokenizing(channel):
+@pytest.mark.parametrize(
+    "prompt",
+    [{"text": HUGE}, {"chat": generation_pb2.ChatPrompt(messages=[generation_pb2.ChatMessage(role="user", content=HUGE)])}],
+    ids=["text", "chat"],
+)
+def test_an_oversized_prompt_is_refused_without_tokenizing(channel, prompt):
     with pytest.raises(grpc.RpcError) as caught:
-        generation_pb2_grpc.GenerationStub(channel).Generate(generation_pb2.GenerateRequest(text=HUGE))
+        generation_pb2_grpc.GenerationStub(channel).Generate(generation_pb2.GenerateRequest(**prompt))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _details(caught.value)["ErrorInfo"].reason == "CONTEXT_LENGTH_EXCEEDED"
     assert "at least" in caught.value.details()  # the bound, not a count
