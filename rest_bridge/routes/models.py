@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from rest_bridge import translate
-from rest_bridge.errors import logger, rpc_errors
+from rest_bridge.errors import rpc_errors
 from rest_bridge.routes.common import stubs_and_options
 from rest_bridge.upstream import METADATA_TIMEOUT_S, Upstream, Upstreams
 from tokenwire.v1 import models_pb2
+
+logger = logging.getLogger("rest_bridge")
 
 
 async def _served_models(request: Request, upstream: Upstream) -> list[models_pb2.ModelInfo]:
