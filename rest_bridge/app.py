@@ -21,7 +21,9 @@ from rest_bridge.auth import ApiKeyMiddleware
 from rest_bridge.config import BridgeSettings
 from rest_bridge.metrics import HTTPMetricsMiddleware
 from rest_bridge.routes import chat, completions, embeddings, health, metrics, models, playground, tokenize
+from rest_bridge.tracing import TracingMiddleware
 from rest_bridge.upstream import Upstreams
+from tokenwire import tracing
 
 # A client's id is forwarded as gRPC metadata, which only carries printable ASCII.
 _REQUEST_ID = re.compile(r"[!-~]{1,128}")
@@ -65,8 +67,12 @@ ROUTES = [
 
 
 def _middleware(settings: BridgeSettings) -> list[Middleware]:
-    """Outermost first: a refused request still gets its id and is counted."""
-    middleware = [Middleware(RequestIdMiddleware), Middleware(HTTPMetricsMiddleware, routes=ROUTES)]
+    """Outermost first: a refused request still gets its id, is counted and traced."""
+    middleware = [
+        Middleware(RequestIdMiddleware),
+        Middleware(HTTPMetricsMiddleware, routes=ROUTES),
+        Middleware(TracingMiddleware, routes=ROUTES),
+    ]
     if settings.api_keys:
         middleware.append(Middleware(ApiKeyMiddleware, keys=settings.api_keys))
     return middleware
@@ -106,6 +112,7 @@ def create_app(settings: BridgeSettings) -> Starlette:
 
 def run_bridge(args: argparse.Namespace) -> None:
     settings = BridgeSettings.from_args(args)
+    tracing.configure("tokenwire-bridge", settings.otlp_endpoint)
     # grpc.aio targets the standard asyncio event loop (its uvloop support is experimental).
     uvicorn.run(
         create_app(settings),

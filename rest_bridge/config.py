@@ -7,13 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tokenwire.api_keys import add_api_key_argument
+from tokenwire.tracing import add_tracing_argument
 
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
 
 
 def add_bridge_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> None:
     """Adds the bridge's flags. `tokenwire serve` (standalone=False) leaves out the worker's address
-    and key, which it knows, and --api-key, which the worker's flags already have."""
+    and key, which it knows, and --api-key and --otlp-endpoint, which the worker's flags already
+    have."""
     group = parser.add_argument_group("REST bridge")
     group.add_argument(
         "--http-host",
@@ -56,6 +58,7 @@ def add_bridge_arguments(parser: argparse.ArgumentParser, standalone: bool = Tru
             "(env TOKENWIRE_WORKER_API_KEY; default: none)",
         )
         add_api_key_argument(group)
+        add_tracing_argument(group)
 
 
 def _connect_host(host: str) -> str:
@@ -89,6 +92,8 @@ class BridgeSettings:
     worker_api_key: str | None = None
     # Models served elsewhere than `worker_address`: model id -> host:port.
     model_workers: Mapping[str, str] = field(default_factory=dict)
+    # Where traces go (OTLP/gRPC); None: no tracing.
+    otlp_endpoint: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BridgeSettings:
@@ -112,4 +117,5 @@ class BridgeSettings:
             api_keys=api_keys,
             worker_api_key=worker_api_key,
             model_workers=model_workers,
+            otlp_endpoint=args.otlp_endpoint,
         )

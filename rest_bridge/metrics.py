@@ -85,7 +85,7 @@ INTER_TOKEN_LATENCY = Histogram(
 _REQUEST_STARTED: ContextVar[float | None] = ContextVar("tokenwire_request_started", default=None)
 
 
-def _route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
+def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
     """The path template of the route serving `scope` (bounded label values, ids left out)."""
     for route in routes:
         match, _ = route.matches(scope)
@@ -106,7 +106,7 @@ class HTTPMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         method = scope["method"] if scope["method"] in _METHODS else "other"
-        route = _route_template(self.routes, scope)
+        route = route_template(self.routes, scope)
         started = time.monotonic()
         started_token = _REQUEST_STARTED.set(started)
         status = 500  # unless a response starts: an exception escaped the app

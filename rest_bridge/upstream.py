@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from rest_bridge.metrics import client_interceptors
+from tokenwire import tracing
 from tokenwire.v1 import embedding_pb2_grpc, generation_pb2_grpc, models_pb2_grpc, tokenization_pb2_grpc
 
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -82,9 +83,11 @@ class Upstream:
 
     def call_options(self, request_id: str, max_timeout: float | None = None) -> dict[str, Any]:
         """Keyword arguments of every call: the deadline (the request timeout, or `max_timeout`
-        if shorter), and the request id (and the worker's API key, if any) as metadata."""
+        if shorter), and the request id (and the worker's API key, and the trace context, if any)
+        as metadata."""
         timeout = min((t for t in (self.timeout, max_timeout) if t is not None), default=None)
-        return {"timeout": timeout, "metadata": (("x-request-id", request_id), *self._metadata)}
+        metadata = (("x-request-id", request_id), *self._metadata, *tracing.outgoing_metadata())
+        return {"timeout": timeout, "metadata": metadata}
 
     async def close(self) -> None:
         channels, self._channels, self._stubs = self._channels, [], []

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from service.models.packaged import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATION_MODEL
 from tokenwire.api_keys import add_api_key_argument
+from tokenwire.tracing import add_tracing_argument
 
 
 def _env(name: str, default: str) -> str:
@@ -176,6 +177,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser, metrics_port: int = 0)
                        help="requests queued per model before RESOURCE_EXHAUSTED")
     group.add_argument("--shutdown-grace", type=float, default=float(_env("SHUTDOWN_GRACE", "10")),
                        help="seconds in-flight calls may finish after SIGTERM")
+    add_tracing_argument(group)
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,7 @@ class WorkerSettings:
     metrics_port: int = 0
     api_keys: tuple[str, ...] = ()
     prices: Mapping[str, Price] = field(default_factory=dict)
+    otlp_endpoint: str | None = None
 
     @property
     def address(self) -> str:
@@ -226,4 +229,5 @@ class WorkerSettings:
             metrics_port=args.metrics_port,
             api_keys=tuple(args.api_keys),
             prices=dict(parse_price(spec) for spec in args.prices),
+            otlp_endpoint=args.otlp_endpoint,
         )

@@ -16,6 +16,7 @@ from service.models.token_texts import TokenTexts
 from service.servicers.generation_request import build_generation_request, echo_skips_special_tokens, echoed_prompt
 from service.servicers.request_context import request_id, set_trailing_metadata
 from service.servicers.structured import merge_tool_call_deltas, output_plan
+from tokenwire import tracing
 from tokenwire.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,15 @@ class _Timing:
         if update.token_ids and self.first_token is None:
             self.first_token = time.monotonic()
         self.tokens[update.index] = self.tokens.get(update.index, 0) + len(update.token_ids)
+
+    def stages(self, admitted: float | None) -> list[tuple[str, float, float]]:
+        """(name, start, end) of each stage the call reached, for its trace: validation (with the
+        tokenizing), queue, prompt (up to the first token) and generation."""
+        starts = [("validation", self.received), ("queue", self.queued or None), ("prompt", admitted),
+                  ("generation", self.first_token)]
+        reached = [(name, start) for name, start in starts if start is not None]
+        ends = [start for _, start in reached[1:]] + [self.finished or time.monotonic()]
+        return [(name, start, end) for (name, start), end in zip(reached, ends)]
 
     def metadata(self, admitted: float | None) -> dict[str, float | None]:
         """Durations in seconds; None where a stage never happened (aborted while queued)."""
@@ -189,6 +199,9 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         finally:
             stream.cancel()
             recorder.close()
+            parent = tracing.incoming_context(context.invocation_metadata() or ())
+            attributes = {"tokenwire.request_id": request_id(), "tokenwire.model": model.card.model_id}
+            tracing.record("tokenwire.generate", parent, timing.stages(stream.admitted_at), attributes)
 
     async def GenerateStream(
         self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext

@@ -163,3 +163,14 @@ def test_grafana_is_provisioned_with_prometheus_and_the_dashboard(monitoring: di
     assert json.loads((dashboards / "tokenwire.json").read_text())["uid"] == "tokenwire"
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == f"{provider['options']['path']}/tokenwire.json"
+
+
+def test_tracing_is_off_unless_an_endpoint_is_given(compose, services: dict, tmp_path: pathlib.Path) -> None:
+    assert all(services[name]["environment"]["TOKENWIRE_OTLP_ENDPOINT"] == "" for name in ("worker", "bridge"))
+    env_file = tmp_path / "tracing.env"
+    env_file.write_text("TOKENWIRE_OTLP_ENDPOINT=http://collector:4317\n")
+    result = compose("-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    traced = json.loads(result.stdout)["services"]
+    assert all(traced[name]["environment"]["TOKENWIRE_OTLP_ENDPOINT"] == "http://collector:4317"
+               for name in ("worker", "bridge"))

@@ -41,7 +41,7 @@ def test_environment_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_serve_derives_the_worker_address(grpc_host: str, address: str) -> None:
     args = parse([], standalone=False)
     assert not hasattr(args, "worker_address")
-    args.grpc_host, args.grpc_port, args.api_keys = grpc_host, 7000, []
+    args.grpc_host, args.grpc_port, args.api_keys, args.otlp_endpoint = grpc_host, 7000, [], None
     assert BridgeSettings.from_args(args).worker_address == address
 
 
@@ -56,7 +56,7 @@ def test_api_keys_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) ->
 def test_serve_sends_its_first_key_to_its_worker() -> None:
     args = parse([], standalone=False)
     assert not hasattr(args, "api_keys") and not hasattr(args, "worker_api_key")
-    args.grpc_host, args.grpc_port, args.api_keys = "127.0.0.1", 7000, ["k1", "k2"]
+    args.grpc_host, args.grpc_port, args.api_keys, args.otlp_endpoint = "127.0.0.1", 7000, ["k1", "k2"], None
     settings = BridgeSettings.from_args(args)
     assert (settings.api_keys, settings.worker_api_key) == (("k1", "k2"), "k1")
 
