@@ -166,6 +166,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         timing.queued = time.monotonic()
         stream = model.engine.submit(engine_request)
         recorder = GenerationRecorder(model.card.model_id, engine_request)
+        admission = None
         try:
             admission = await stream.admitted()
             cached_tokens = admission.cached_tokens if admission is not None else 0
@@ -201,7 +202,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             recorder.close()
             parent = tracing.incoming_context(context.invocation_metadata() or ())
             attributes = {"tokenwire.request_id": request_id(), "tokenwire.model": model.card.model_id}
-            tracing.record("tokenwire.generate", parent, timing.stages(stream.admitted_at), attributes)
+            admitted_at = admission.admitted_at if admission is not None else None
+            tracing.record("tokenwire.generate", parent, timing.stages(admitted_at), attributes)
 
     async def GenerateStream(
         self, request: generation_pb2.GenerateRequest, context: grpc.aio.ServicerContext

@@ -51,9 +51,9 @@ def write_envoy_config(
     listen_port: int | None = None,
     admin_port: int | None = None,
 ) -> pathlib.Path:
-    """deploy/envoy/envoy.yaml with these substitutions and no other change: the descriptor path, and
-    optionally the workers' endpoint (the `worker` DNS name) by `workers` ("host:port" each),
-    and the listener's and the admin's addresses by loopback ones."""
+    """deploy/envoy/envoy.yaml with these substitutions and no other change: the descriptor path,
+    and optionally the workers' endpoint (the `tokenwire-worker` DNS name) by `workers`
+    ("host:port" each), and the listener's and the admin's addresses by loopback ones."""
     config = load_envoy_config()
     transcoder(config)["proto_descriptor"] = str(descriptor)
     resources = config["static_resources"]

@@ -1,7 +1,8 @@
 """Failover and drain as clients see them, on loopback without Docker.
 
-A real Envoy runs deploy/envoy/envoy.yaml, with its `worker` endpoint replaced by two real workers (see
-conftest.write_envoy_config for the only substitutions). A real bridge reaches them through Envoy.
+A real Envoy runs deploy/envoy/envoy.yaml, with its workers' endpoint (`tokenwire-worker`)
+replaced by two real workers (conftest.write_envoy_config makes the only substitutions). A real
+bridge reaches them through Envoy.
 Four clients call in a loop: REST through the bridge with the openai SDK and gRPC through Envoy,
 each streamed and not. Then one worker is killed (SIGKILL), restarted, and the other one is
 stopped (SIGTERM).
@@ -34,6 +35,8 @@ MAX_TOKENS = 8
 PROMPT = "Count from one to twenty."
 # A drain lets calls in flight finish for this long: far more than they need here.
 SHUTDOWN_GRACE_S = 60
+# Enough for four short calls; the default (2 GiB) would double each worker's memory.
+KV_CACHE = "256MiB"
 CALL_TIMEOUT_S = 120.0
 PHASE_TIMEOUT_S = 300.0
 # Calls that must complete after an event before its phase ends.
@@ -175,7 +178,7 @@ class Pool:
 def pool(descriptor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     logs = tmp_path_factory.mktemp("failover")
     flags = ["--cache-dir", str(CACHE_DIR), "--no-default-models", "--model", CHAT_MODEL,
-             "--shutdown-grace", str(SHUTDOWN_GRACE_S)]
+             "--shutdown-grace", str(SHUTDOWN_GRACE_S), "--kv-cache-memory", KV_CACHE]
     processes: list[ServerProcess] = []
 
     def start(*ports: int | None) -> dict[str, ServerProcess]:

@@ -54,7 +54,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     flags = [
         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
         "--api-key", KEY, "--cache-dir", str(CACHE_DIR), "--no-default-models", "--model", CHAT_MODEL,
-        "--shutdown-grace", str(SHUTDOWN_GRACE_S),
+        "--shutdown-grace", str(SHUTDOWN_GRACE_S), "--kv-cache-memory", "256MiB",  # a few short chats
     ]
     process = start("serve", ["serve", *flags], tmp_path_factory.mktemp("serve"))
     try:
