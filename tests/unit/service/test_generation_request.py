@@ -6,7 +6,7 @@ import math
 import pytest
 
 from service.errors import ContextLengthExceeded, InvalidRequest
-from service.servicers import generation_request
+from service.servicers import prompt_input
 from service.servicers.generation_request import build_generation_request
 from tokenwire.v1 import generation_pb2
 
@@ -44,13 +44,17 @@ def test_non_finite_logit_bias_is_refused(generation_model, value):
     assert caught.value.field == "penalties.logit_bias"
 
 
-def test_a_text_prompt_that_cannot_fit_is_refused_before_tokenizing(generation_model, monkeypatch):
-    def tokenize(*args: object) -> list[int]:
+@pytest.mark.parametrize("kind", ["text", "chat"])
+def test_a_prompt_that_cannot_fit_is_refused_before_tokenizing(generation_model, monkeypatch, kind):
+    def tokenize(*args: object, **kwargs: object) -> list[int]:
         raise AssertionError("tokenized")
 
-    monkeypatch.setattr(generation_request, "generation_prompt_ids", tokenize)
+    monkeypatch.setattr(prompt_input, "encode_text", tokenize)
+    huge = "x " * 4_000_000
+    chat = generation_pb2.ChatPrompt(messages=[generation_pb2.ChatMessage(role="user", content=huge)])
+    request = generation_pb2.GenerateRequest(**({"text": huge} if kind == "text" else {"chat": chat}))
     with pytest.raises(ContextLengthExceeded) as caught:
-        _build(generation_model, text="x " * 4_000_000)
+        build_generation_request(request, generation_model, "test")
     assert caught.value.field == "prompt" and "at least" in caught.value.message
 
 
