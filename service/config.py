@@ -162,7 +162,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser, metrics_port: int = 0)
         metavar="BYTES|FRACTION",
         help="KV-cache memory per generation model: bytes (e.g. 4GiB, 512MiB, 2000000000), or on CUDA a "
         "fraction of the device memory left free by the weights (e.g. 0.9); auto: "
-        f"min({DEFAULT_CPU_KV_CACHE_GIB} GiB, {DEFAULT_CPU_KV_CACHE_SHARE:.0%} of RAM) on CPU, "
+        f"min({DEFAULT_CPU_KV_CACHE_GIB} GiB, {DEFAULT_CPU_KV_CACHE_SHARE * 100:.0f}%% of RAM) on CPU, "
         f"{DEFAULT_CUDA_KV_CACHE_FRACTION} on CUDA",
     )
     group.add_argument(

@@ -1,11 +1,18 @@
-"""Worker flags: prices, API keys and the metrics port."""
+"""Worker flags: prices, API keys, the metrics port, the KV-cache memory; every command's help."""
 from __future__ import annotations
 
 import argparse
 
 import pytest
 
-from service.config import Price, WorkerSettings, add_worker_arguments, parse_price
+from service.config import (
+    MemoryBudget,
+    Price,
+    WorkerSettings,
+    add_worker_arguments,
+    parse_memory_budget,
+    parse_price,
+)
 
 
 def settings(argv: list[str], **defaults: int) -> WorkerSettings:
@@ -49,3 +56,27 @@ def test_metrics_port_default_of_the_caller(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings([], metrics_port=9400).metrics_port == 9400
     monkeypatch.setenv("TOKENWIRE_METRICS_PORT", "0")
     assert settings([], metrics_port=9400).metrics_port == 0
+
+
+@pytest.mark.parametrize("command", ["worker", "bridge", "serve"])
+def test_every_command_prints_its_help(command, capsys):
+    from tokenwire.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0 and "usage: tokenwire" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [("auto", MemoryBudget()), ("4GiB", MemoryBudget(bytes=4 * 2**30)), ("512M", MemoryBudget(bytes=512 * 10**6)),
+     ("0.9", MemoryBudget(fraction=0.9)), ("2e9", MemoryBudget(bytes=2 * 10**9))],
+)
+def test_kv_cache_memory_takes_bytes_or_a_fraction(spec, expected):
+    assert parse_memory_budget(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["0", "-1GiB", "lots", "1e400"])
+def test_a_kv_cache_memory_that_means_nothing_is_refused(spec):
+    with pytest.raises(ValueError, match="--kv-cache-memory"):
+        parse_memory_budget(spec)
