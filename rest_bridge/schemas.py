@@ -37,9 +37,14 @@ def _whole_number(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_whole_number)]
 UInt32 = Annotated[Int, Field(ge=0, le=_UINT32_MAX)]
 PositiveUInt32 = Annotated[Int, Field(ge=1, le=_UINT32_MAX)]
+Int32 = Annotated[Int, Field(ge=-(2**31), le=2**31 - 1)]
 # JSON object keys are strings: logit_bias's token ids are parsed from them.
 TokenIdKey = Annotated[int, Strict(False), Field(ge=0, le=_UINT32_MAX)]
 LogitBias = Annotated[float, Field(ge=-100, le=100)]
+# OpenAI's metadata of a response or a batch: up to 16 pairs of short strings.
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]], Field(max_length=16)
+]
 # A prompt after normalization: text or token ids.
 Prompt = str | list[int]
 # Prompts of one completions request at most, as many as the inputs of one embeddings request.
@@ -240,15 +245,11 @@ _STRUCTURED_OUTPUTS_KINDS = {
 }
 
 
-class GenerationRequest(_Body):
-    """The parameters chat and completions share."""
+class SamplingRequest(_Body):
+    """The parameters chat, completions and responses share: model, sampling, stopping, priority."""
 
     model: str | None = None
-    max_tokens: PositiveUInt32 | None = None
-    max_completion_tokens: PositiveUInt32 | None = None
     stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    n: Annotated[Int, Field(ge=1, le=128)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None
@@ -266,14 +267,8 @@ class GenerationRequest(_Body):
     min_tokens: UInt32 | None = None
     include_stop_str_in_output: bool | None = None
     skip_special_tokens: bool | None = None
-    response_format: ResponseFormat | None = None
-    # vLLM's structured-output extras: a JSON schema (object or JSON text), a regex, a choice of
-    # strings, a grammar (llguidance's Lark syntax). One of them or response_format, not two.
-    guided_json: dict[str, Any] | str | None = None
-    guided_regex: str | None = None
-    guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
-    guided_grammar: str | None = None
-    structured_outputs: StructuredOutputs | None = None
+    # vLLM's extra: lower values are served first (default 0).
+    priority: Int32 | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -283,6 +278,23 @@ class GenerationRequest(_Body):
         if isinstance(value, str):
             return [value]
         raise request_error("'stop' must be a string or a list of strings.", "stop")
+
+
+class GenerationRequest(SamplingRequest):
+    """The parameters chat and completions share."""
+
+    max_tokens: PositiveUInt32 | None = None
+    max_completion_tokens: PositiveUInt32 | None = None
+    stream_options: StreamOptions | None = None
+    n: Annotated[Int, Field(ge=1, le=128)] | None = None
+    response_format: ResponseFormat | None = None
+    # vLLM's structured-output extras: a JSON schema (object or JSON text), a regex, a choice of
+    # strings, a grammar (llguidance's Lark syntax). One of them or response_format, not two.
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: Annotated[list[str], Field(min_length=1)] | None = None
+    guided_grammar: str | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> GenerationRequest:
@@ -430,6 +442,8 @@ class EmbeddingRequest(_Body):
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: PositiveUInt32 | None = None
     user: str | None = None
+    # vLLM's extra, as on generation requests.
+    priority: Int32 | None = None
 
     @field_validator("input", mode="before")
     @classmethod

@@ -38,6 +38,7 @@ _GENERATION_PARAMS = {
     "stopping.include_stop_string": "include_stop_str_in_output",
     "stopping.ignore_eos": "ignore_eos",
     "response.skip_special_tokens": "skip_special_tokens",
+    "priority": "priority",
 }
 CHAT_PARAMS = {
     **_GENERATION_PARAMS,
@@ -56,7 +57,13 @@ COMPLETION_PARAMS = {
     "echo": "echo",
     "prompt": "prompt",
 }
-EMBEDDING_PARAMS = {"model": "model", "inputs": "input", "dimensions": "dimensions", "encoding": "encoding_format"}
+EMBEDDING_PARAMS = {
+    "model": "model",
+    "inputs": "input",
+    "dimensions": "dimensions",
+    "encoding": "encoding_format",
+    "priority": "priority",
+}
 TOKENIZE_PARAMS = {
     "model": "model",
     "input": "prompt",
@@ -125,6 +132,7 @@ def _apply_generation_params(body: schemas.GenerationRequest, request: generatio
     if body.stop_token_ids:
         request.stopping.stop_token_ids.extend(body.stop_token_ids)
     _set_sent(request.response, {"skip_special_tokens": body.skip_special_tokens})
+    _set_sent(request, {"priority": body.priority})
     _apply_output_constraint(body, request)
 
 
@@ -213,7 +221,7 @@ def _apply_output_constraint(body: schemas.GenerationRequest, request: generatio
         setattr(output, constraint.kind, value)  # regex, grammar
 
 
-_STRUCTURED_OUTPUT_FIELDS = tuple(
+STRUCTURED_OUTPUT_FIELDS = tuple(
     f"structured_output{suffix}" for suffix in ("", ".json_object", ".json_schema", ".regex", ".choice", ".grammar")
 )
 
@@ -224,7 +232,7 @@ def request_params(fmt: GenerationFormat, body: schemas.GenerationRequest) -> di
     constraint = body.output_constraint
     if constraint is None:
         return dict(fmt.params)
-    return {**fmt.params, **dict.fromkeys(_STRUCTURED_OUTPUT_FIELDS, constraint.param)}
+    return {**fmt.params, **dict.fromkeys(STRUCTURED_OUTPUT_FIELDS, constraint.param)}
 
 
 def completion_requests(body: schemas.CompletionRequest, request_id: str) -> list[generation_pb2.GenerateRequest]:
@@ -264,7 +272,7 @@ def embed_request(body: schemas.EmbeddingRequest, request_id: str) -> embedding_
             else embedding_pb2.EMBEDDING_ENCODING_FLOAT
         ),
     )
-    _set_sent(request, {"dimensions": body.dimensions})
+    _set_sent(request, {"dimensions": body.dimensions, "priority": body.priority})
     return request
 
 

@@ -3,8 +3,11 @@ optional truncation and L2 normalization.
 
 Forward passes run on one dedicated thread, never on the event loop. Concurrent calls are merged
 (dynamic batching): the thread takes every call waiting, waits up to `max_wait_s` for more while
-the batch is short of `max_batch` inputs, sorts all the inputs by length, runs them in forward
-passes of at most `forward_batch` and hands each call its rows.
+they are short of `max_batch` inputs, and makes a batch of the waiting calls in priority order
+(lower value first, then arrival) up to `max_batch` inputs; calls left out wait for the next
+batch, so bulk work (the Batch API's lines) never holds up interactive calls for more than the
+batch already running. The batch's inputs are sorted by length, run in forward passes of at most
+`forward_batch`, and each call gets its rows.
 
 Why forward passes smaller than the merged batch, for encoders that pad (transformers'
 forward; the lean BERT encoder packs its tokens and takes the whole batch at once): sorted
@@ -21,21 +24,26 @@ on both cores against 154-213/s with a core left to the event loop and the bridg
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import os
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from service.engine.encoder import Encoder
 
 
-@dataclass
+@dataclass(order=True)
 class _Call:
-    inputs: list[list[int]]
-    future: asyncio.Future[torch.Tensor]
+    # Ordered by (priority, arrival): the order calls are taken in.
+    priority: int
+    arrival: int
+    inputs: list[list[int]] = field(compare=False)
+    future: asyncio.Future[torch.Tensor] = field(compare=False)
 
     def resolve(self, result: torch.Tensor | BaseException) -> None:
         """Called from the embedding thread."""
@@ -73,14 +81,23 @@ class Embedder:
         self._forward_batch = 16 if encoder.pads and device.type == "cpu" else max_batch
         self._max_wait_s = max_wait_s
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._arrivals = itertools.count()
+        # Calls taken off the queue and not yet run (embedding thread only); a heap.
+        self._waiting: list[_Call] = []
         self._thread = threading.Thread(target=self._serve, name="tokenwire-embed", daemon=True)
         self._thread.start()
 
     async def embed(
-        self, inputs: list[list[int]], *, normalize: bool | None = None, dimensions: int | None = None
+        self,
+        inputs: list[list[int]],
+        *,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        priority: int = 0,
     ) -> torch.Tensor:
-        """Embeds token-id inputs; returns a float32 CPU tensor [len(inputs), dimension]."""
-        call = _Call(inputs, asyncio.get_running_loop().create_future())
+        """Embeds token-id inputs; returns a float32 CPU tensor [len(inputs), dimension]. Calls with
+        a lower `priority` value are taken first."""
+        call = _Call(priority, next(self._arrivals), inputs, asyncio.get_running_loop().create_future())
         self._calls.put(call)
         pooled = await call.future
         if dimensions:
@@ -93,35 +110,57 @@ class Embedder:
         self._calls.put(None)
 
     def _serve(self) -> None:
-        while (first := self._calls.get()) is not None:
-            calls, closing = self._gather(first)
-            inputs = [ids for call in calls for ids in call.inputs]
-            pooled: torch.Tensor | Exception
-            try:
-                pooled = self._embed_all(inputs)
-            except Exception as error:  # fails the calls of this batch, not the embedder
-                pooled = error
-            start = 0
-            for call in calls:
-                call.resolve(pooled if isinstance(pooled, Exception) else pooled[start : start + len(call.inputs)])
-                start += len(call.inputs)
-            if closing:
-                return
+        open_ = True
+        while open_ or self._waiting:
+            if open_:
+                open_ = self._gather()
+            if self._waiting:
+                self._run(self._next_batch())
 
-    def _gather(self, first: _Call) -> tuple[list[_Call], bool]:
-        """The calls of the next batch; True when close() was called meanwhile."""
-        calls, size = [first], len(first.inputs)
+    def _run(self, calls: list[_Call]) -> None:
+        inputs = [ids for call in calls for ids in call.inputs]
+        pooled: torch.Tensor | Exception
+        try:
+            pooled = self._embed_all(inputs)
+        except Exception as error:  # fails the calls of this batch, not the embedder
+            pooled = error
+        start = 0
+        for call in calls:
+            call.resolve(pooled if isinstance(pooled, Exception) else pooled[start : start + len(call.inputs)])
+            start += len(call.inputs)
+
+    def _gather(self) -> bool:
+        """Moves queued calls to the waiting heap: blocks for one when none waits, then takes more
+        for up to `max_wait_s` while the waiting calls are short of `max_batch` inputs, and every
+        call already queued. False once close() was called."""
+        size = sum(len(call.inputs) for call in self._waiting)
         deadline = time.monotonic() + self._max_wait_s
-        while size < self._max_batch:
+        block = not self._waiting
+        while True:
             try:
-                call = self._calls.get(timeout=max(deadline - time.monotonic(), 0.0))
+                if block:
+                    call = self._calls.get()
+                    block = False
+                elif size < self._max_batch:
+                    call = self._calls.get(timeout=max(deadline - time.monotonic(), 0.0))
+                else:
+                    call = self._calls.get_nowait()
             except queue.Empty:
-                break
+                return True
             if call is None:
-                return calls, True
+                return False
+            heapq.heappush(self._waiting, call)
+            size += len(call.inputs)
+
+    def _next_batch(self) -> list[_Call]:
+        """The waiting calls of highest priority, up to `max_batch` inputs (one call at least)."""
+        calls = [heapq.heappop(self._waiting)]
+        size = len(calls[0].inputs)
+        while self._waiting and size + len(self._waiting[0].inputs) <= self._max_batch:
+            call = heapq.heappop(self._waiting)
             calls.append(call)
             size += len(call.inputs)
-        return calls, False
+        return calls
 
     @torch.inference_mode()
     def _embed_all(self, inputs: list[list[int]]) -> torch.Tensor:

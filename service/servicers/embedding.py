@@ -70,7 +70,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServicer):
         ids = await asyncio.to_thread(_input_ids, request, model)
         normalize = request.normalize if request.HasField("normalize") else None
         tokenized = time.monotonic()
-        vectors = await model.embedder.embed(ids, normalize=normalize, dimensions=dimensions)
+        vectors = await model.embedder.embed(ids, normalize=normalize, dimensions=dimensions, priority=request.priority)
         # Inference includes waiting for the batch this call's inputs run in.
         timings = {"x-validation-time-ms": tokenized - received, "x-inference-time-ms": time.monotonic() - tokenized}
         response = embedding_pb2.EmbedResponse(model=model.card.model_id)

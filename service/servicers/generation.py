@@ -5,7 +5,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import grpc
 
@@ -77,18 +77,26 @@ class _Extras:
 
 @dataclass
 class _Timing:
-    """When a generation call passed each stage (time.monotonic()), for its trailing metadata."""
+    """When a generation call passed each stage (time.monotonic(), and the engine's step count),
+    for its trailing metadata."""
 
     received: float
+    # The engine's steps so far (StepStats.steps), to count a wait in steps rather than time.
+    engine_steps: Callable[[], int]
     queued: float = 0.0
+    queued_step: int = 0
     first_token: float | None = None
+    first_token_step: int | None = None
     finished: float = 0.0
     # Tokens generated per sequence index.
     tokens: dict[int, int] = field(default_factory=dict)
 
+    def submitted(self) -> None:
+        self.queued, self.queued_step = time.monotonic(), self.engine_steps()
+
     def update(self, update: SequenceUpdate) -> None:
         if update.token_ids and self.first_token is None:
-            self.first_token = time.monotonic()
+            self.first_token, self.first_token_step = time.monotonic(), self.engine_steps()
         self.tokens[update.index] = self.tokens.get(update.index, 0) + len(update.token_ids)
 
     def stages(self, admitted: float | None) -> list[tuple[str, float, float]]:
@@ -99,6 +107,10 @@ class _Timing:
         reached = [(name, start) for name, start in starts if start is not None]
         ends = [start for _, start in reached[1:]] + [self.finished or time.monotonic()]
         return [(name, start, end) for (name, start), end in zip(reached, ends)]
+
+    def steps_to_first_token(self) -> dict[str, int | None]:
+        first = self.first_token_step
+        return {"x-steps-to-first-token": None if first is None else first - self.queued_step}
 
     def metadata(self, admitted: float | None) -> dict[str, float | None]:
         """Durations in seconds; None where a stage never happened (aborted while queued)."""
@@ -153,8 +165,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         logprobs and echo as protobuf), then Usage. Leaving early (client cancel, deadline)
         cancels the request in the engine. A call that ends normally sets the trailing metadata
         (request id, timings)."""
-        timing = _Timing(received=time.monotonic())
         model = self._registry.generation(request.model)
+        timing = _Timing(received=time.monotonic(), engine_steps=lambda: model.engine.stats.steps)
         output = await output_plan(request, model)
         # Tokenizing a long prompt takes seconds: off the event loop, health and other calls go on.
         engine_request = await asyncio.to_thread(
@@ -163,7 +175,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         tool_calls = output.tool_call_reader()
         prompt_text = echoed_prompt(request, model.tokenizer, engine_request.prompt_ids) if request.echo else ""
         texts = self._texts(model) if request.HasField("logprobs") else None
-        timing.queued = time.monotonic()
+        timing.submitted()
         stream = model.engine.submit(engine_request)
         recorder = GenerationRecorder(model.card.model_id, engine_request)
         admission = None
@@ -196,7 +208,8 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
                 yield update, extras
             timing.finished = time.monotonic()
             yield _usage(model, len(engine_request.prompt_ids), cached_tokens, completion_tokens)
-            set_trailing_metadata(context, timing.metadata(admission.admitted_at if admission is not None else None))
+            admitted_at = admission.admitted_at if admission is not None else None
+            set_trailing_metadata(context, timing.metadata(admitted_at), timing.steps_to_first_token())
         finally:
             stream.cancel()
             recorder.close()

@@ -184,4 +184,5 @@ def build_generation_request(
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
         constraint=output.constraint,
+        priority=request.priority,
     )

@@ -29,9 +29,14 @@ def request_id() -> str:
     return _REQUEST_ID.get("")
 
 
-def set_trailing_metadata(context: grpc.aio.ServicerContext, timings: Mapping[str, float | None]) -> None:
-    """Ends the call with `x-request-id` and each timing that applies (durations in seconds,
-    sent in milliseconds with one decimal: {"x-queue-time-ms": 0.0123} → "12.3")."""
+def set_trailing_metadata(
+    context: grpc.aio.ServicerContext,
+    timings: Mapping[str, float | None],
+    counts: Mapping[str, int | None] | None = None,
+) -> None:
+    """Ends the call with `x-request-id`, each timing that applies (durations in seconds, sent in
+    milliseconds with one decimal: {"x-queue-time-ms": 0.0123} → "12.3") and each count."""
     metadata = [("x-request-id", request_id())]
     metadata.extend((key, f"{seconds * 1000:.1f}") for key, seconds in timings.items() if seconds is not None)
+    metadata.extend((key, str(count)) for key, count in (counts or {}).items() if count is not None)
     context.set_trailing_metadata(tuple(metadata))

@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from tokenwire.v1 import common_pb2 as tokenwire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctokenwire/v1/embedding.proto\x12\x0ctokenwire.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19tokenwire/v1/common.proto\"R\n\nEmbedInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12+\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x16.tokenwire.v1.TokenIdsH\x00\x42\x07\n\x05input\"\xee\x01\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12(\n\x06inputs\x18\x03 \x03(\x0b\x32\x18.tokenwire.v1.EmbedInput\x12\x16\n\tnormalize\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\ndimensions\x18\x05 \x01(\rH\x01\x88\x01\x01\x12\x10\n\x08truncate\x18\x06 \x01(\x08\x12\x31\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x1f.tokenwire.v1.EmbeddingEncodingB\x0c\n\n_normalizeB\r\n\x0b_dimensions\"@\n\x0f\x45mbeddingVector\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12\x0e\n\x06packed\x18\x03 \x01(\x0c\"u\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x31\n\nembeddings\x18\x02 \x03(\x0b\x32\x1d.tokenwire.v1.EmbeddingVector\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.tokenwire.v1.Usage*X\n\x11\x45mbeddingEncoding\x12\x1c\n\x18\x45MBEDDING_ENCODING_FLOAT\x10\x00\x12%\n!EMBEDDING_ENCODING_PACKED_FLOAT32\x10\x01\x32\x63\n\tEmbedding\x12V\n\x05\x45mbed\x12\x1a.tokenwire.v1.EmbedRequest\x1a\x1b.tokenwire.v1.EmbedResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/v1/embed:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctokenwire/v1/embedding.proto\x12\x0ctokenwire.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19tokenwire/v1/common.proto\"R\n\nEmbedInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12+\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x16.tokenwire.v1.TokenIdsH\x00\x42\x07\n\x05input\"\x92\x02\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12(\n\x06inputs\x18\x03 \x03(\x0b\x32\x18.tokenwire.v1.EmbedInput\x12\x16\n\tnormalize\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\ndimensions\x18\x05 \x01(\rH\x01\x88\x01\x01\x12\x10\n\x08truncate\x18\x06 \x01(\x08\x12\x31\n\x08\x65ncoding\x18\x07 \x01(\x0e\x32\x1f.tokenwire.v1.EmbeddingEncoding\x12\x15\n\x08priority\x18\x08 \x01(\x05H\x02\x88\x01\x01\x42\x0c\n\n_normalizeB\r\n\x0b_dimensionsB\x0b\n\t_priority\"@\n\x0f\x45mbeddingVector\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06values\x18\x02 \x03(\x02\x12\x0e\n\x06packed\x18\x03 \x01(\x0c\"u\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x31\n\nembeddings\x18\x02 \x03(\x0b\x32\x1d.tokenwire.v1.EmbeddingVector\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.tokenwire.v1.Usage*X\n\x11\x45mbeddingEncoding\x12\x1c\n\x18\x45MBEDDING_ENCODING_FLOAT\x10\x00\x12%\n!EMBEDDING_ENCODING_PACKED_FLOAT32\x10\x01\x32\x63\n\tEmbedding\x12V\n\x05\x45mbed\x12\x1a.tokenwire.v1.EmbedRequest\x1a\x1b.tokenwire.v1.EmbedResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/v1/embed:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +35,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EMBEDDING'].methods_by_name['Embed']._loaded_options = None
   _globals['_EMBEDDING'].methods_by_name['Embed']._serialized_options = b'\202\323\344\223\002\016\"\t/v1/embed:\001*'
-  _globals['_EMBEDDINGENCODING']._serialized_start=613
-  _globals['_EMBEDDINGENCODING']._serialized_end=701
+  _globals['_EMBEDDINGENCODING']._serialized_start=649
+  _globals['_EMBEDDINGENCODING']._serialized_end=737
   _globals['_EMBEDINPUT']._serialized_start=103
   _globals['_EMBEDINPUT']._serialized_end=185
   _globals['_EMBEDREQUEST']._serialized_start=188
-  _globals['_EMBEDREQUEST']._serialized_end=426
-  _globals['_EMBEDDINGVECTOR']._serialized_start=428
-  _globals['_EMBEDDINGVECTOR']._serialized_end=492
-  _globals['_EMBEDRESPONSE']._serialized_start=494
-  _globals['_EMBEDRESPONSE']._serialized_end=611
-  _globals['_EMBEDDING']._serialized_start=703
-  _globals['_EMBEDDING']._serialized_end=802
+  _globals['_EMBEDREQUEST']._serialized_end=462
+  _globals['_EMBEDDINGVECTOR']._serialized_start=464
+  _globals['_EMBEDDINGVECTOR']._serialized_end=528
+  _globals['_EMBEDRESPONSE']._serialized_start=530
+  _globals['_EMBEDRESPONSE']._serialized_end=647
+  _globals['_EMBEDDING']._serialized_start=739
+  _globals['_EMBEDDING']._serialized_end=838
 # @@protoc_insertion_point(module_scope)

@@ -43,6 +43,9 @@ class GenerationStub:
     x-inference-time-ms       from admission to the batch to the last token;
     x-time-to-first-token-ms  from the call's arrival to the first generated token;
     x-time-per-token-ms       x-inference-time-ms over the tokens of the longest sequence.
+    And a count: x-steps-to-first-token, the engine steps (forward passes of the running batch)
+    from the call's submission to the engine to its first token, a whole number ("2"): how long
+    it waited, in steps rather than time, whatever the machine's speed.
     A timing whose stage never happened (no token generated) is left out.
     """
 
@@ -82,6 +85,9 @@ class GenerationServicer:
     x-inference-time-ms       from admission to the batch to the last token;
     x-time-to-first-token-ms  from the call's arrival to the first generated token;
     x-time-per-token-ms       x-inference-time-ms over the tokens of the longest sequence.
+    And a count: x-steps-to-first-token, the engine steps (forward passes of the running batch)
+    from the call's submission to the engine to its first token, a whole number ("2"): how long
+    it waited, in steps rather than time, whatever the machine's speed.
     A timing whose stage never happened (no token generated) is left out.
     """
 
@@ -140,6 +146,9 @@ class Generation:
     x-inference-time-ms       from admission to the batch to the last token;
     x-time-to-first-token-ms  from the call's arrival to the first generated token;
     x-time-per-token-ms       x-inference-time-ms over the tokens of the longest sequence.
+    And a count: x-steps-to-first-token, the engine steps (forward passes of the running batch)
+    from the call's submission to the engine to its first token, a whole number ("2"): how long
+    it waited, in steps rather than time, whatever the machine's speed.
     A timing whose stage never happened (no token generated) is left out.
     """
 

@@ -50,6 +50,8 @@ def chat(**fields: Any) -> dict[str, Any]:
         ({"messages": [{"role": "user", "content": None}]}, "messages[0]"),
         ({"messages": [{"role": "system"}, {"role": "user", "content": "x"}]}, "messages[0]"),
         ({"stop_token_ids": [-1]}, "stop_token_ids[0]"),
+        ({"priority": 2**31}, "priority"),
+        ({"priority": -(2**31) - 1}, "priority"),
     ],
 )
 def test_out_of_range_values_name_the_param(fields: dict[str, Any], param: str) -> None:

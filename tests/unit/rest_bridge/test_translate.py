@@ -82,6 +82,14 @@ def test_every_parameter_is_mapped() -> None:
     assert request.chat.HasField("add_generation_prompt") and not request.chat.add_generation_prompt
 
 
+def test_priority_is_sent_when_given() -> None:
+    assert chat_proto(priority=-4).priority == -4 and not chat_proto().HasField("priority")
+    body = CompletionRequest.model_validate({"prompt": ["a", "b"], "priority": 7})
+    assert [request.priority for request in translate.completion_requests(body, "r")] == [7, 7]
+    assert translate.embed_request(EmbeddingRequest.model_validate({"input": "a", "priority": 3}), "r").priority == 3
+    assert not translate.embed_request(EmbeddingRequest.model_validate({"input": "a"}), "r").HasField("priority")
+
+
 def test_max_completion_tokens_is_max_tokens() -> None:
     assert chat_proto(max_completion_tokens=12).stopping.max_new_tokens == 12
 

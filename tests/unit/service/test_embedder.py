@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 import torch
@@ -47,3 +48,32 @@ async def test_a_call_with_several_inputs_keeps_their_order(embedding_model):
     pair = await embedder.embed([long, short])
     torch.testing.assert_close(pair[0], (await embedder.embed([long]))[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(pair[1], (await embedder.embed([short]))[0], atol=1e-5, rtol=1e-4)
+
+
+async def test_waiting_calls_are_taken_by_priority_then_arrival(embedding_model, monkeypatch):
+    """Calls queued while a batch runs: the lowest priority value first, equal ones by arrival;
+    each call here fills a batch, so the batches show the order."""
+    embedder = embedding_model.embedder
+    running, release = threading.Event(), threading.Event()
+    batches: list[int] = []
+    run = embedder._embed_all
+
+    def recorded(inputs):
+        batches.append(inputs[0][1])  # each call's own token
+        if len(batches) == 1:
+            running.set()
+            release.wait()
+        return run(inputs)
+
+    monkeypatch.setattr(embedder, "_embed_all", recorded)
+
+    def call(token: int, priority: int):
+        return asyncio.ensure_future(embedder.embed([[101, token, 102]] * 32, priority=priority))
+
+    first = call(1000, 0)
+    await asyncio.to_thread(running.wait)
+    queued = [call(1001, 5), call(1002, 1), call(1003, 5), call(1004, -2)]
+    await asyncio.sleep(0)  # each call is queued once its coroutine starts
+    release.set()
+    await asyncio.gather(first, *queued)
+    assert batches == [1000, 1004, 1002, 1001, 1003]
