@@ -18,9 +18,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rest_bridge import errors
 from rest_bridge.auth import ApiKeyMiddleware
+from rest_bridge.batches.runner import BatchRunner
 from rest_bridge.config import BridgeSettings
 from rest_bridge.metrics import HTTPMetricsMiddleware
-from rest_bridge.routes import chat, completions, embeddings, health, metrics, models, playground, tokenize
+from rest_bridge.routes import (
+    batches,
+    chat,
+    completions,
+    embeddings,
+    files,
+    health,
+    metrics,
+    models,
+    playground,
+    responses,
+    tokenize,
+)
+from rest_bridge.store import open_store
 from rest_bridge.tracing import TracingMiddleware
 from rest_bridge.upstream import Upstreams
 from tokenwire import tracing
@@ -55,6 +69,19 @@ ROUTES = [
     Route("/v1/chat/completions", chat.create_chat_completion, methods=["POST"]),
     Route("/v1/completions", completions.create_completion, methods=["POST"]),
     Route("/v1/embeddings", embeddings.create_embedding, methods=["POST"]),
+    Route("/v1/responses", responses.create_response, methods=["POST"]),
+    Route("/v1/responses/{response_id}", responses.retrieve_response, methods=["GET"]),
+    Route("/v1/responses/{response_id}", responses.delete_response, methods=["DELETE"]),
+    Route("/v1/responses/{response_id}/input_items", responses.list_input_items, methods=["GET"]),
+    Route("/v1/files", files.create_file, methods=["POST"]),
+    Route("/v1/files", files.list_files, methods=["GET"]),
+    Route("/v1/files/{file_id}", files.retrieve_file, methods=["GET"]),
+    Route("/v1/files/{file_id}", files.delete_file, methods=["DELETE"]),
+    Route("/v1/files/{file_id}/content", files.file_content, methods=["GET"]),
+    Route("/v1/batches", batches.create_batch, methods=["POST"]),
+    Route("/v1/batches", batches.list_batches, methods=["GET"]),
+    Route("/v1/batches/{batch_id}", batches.retrieve_batch, methods=["GET"]),
+    Route("/v1/batches/{batch_id}/cancel", batches.cancel_batch, methods=["POST"]),
     Route("/v1/models", models.list_models, methods=["GET"]),
     Route("/v1/models/{model_id:path}", models.retrieve_model, methods=["GET"]),
     Route("/health", health.health, methods=["GET"]),
@@ -85,10 +112,17 @@ def create_app(settings: BridgeSettings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Opened by the server that serves the app; the runner lives in its event loop, and the
+        # batches a previous run left unfinished resume now.
+        store = app.state.store = open_store(settings.data_dir)
+        runner = app.state.batch_runner = BatchRunner(store, upstreams, settings.batch_concurrency)
+        await runner.start()
         try:
             yield
         finally:
+            await runner.close()
             await upstreams.close()
+            store.close()
 
     app = Starlette(
         routes=ROUTES,

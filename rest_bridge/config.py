@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from rest_bridge.store import default_data_dir
 from tokenwire.api_keys import add_api_key_argument
 from tokenwire.tracing import add_tracing_argument
+
+# Batch API lines in flight at most: enough to keep the worker's batch busy, and fewer than its
+# sequences (--max-running, 16 by default), so that interactive requests find room at once.
+DEFAULT_BATCH_CONCURRENCY = 8
 
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
 
@@ -43,6 +49,21 @@ def add_bridge_arguments(parser: argparse.ArgumentParser, standalone: bool = Tru
         metavar="MODEL=ADDRESS",
         help="send the requests for MODEL to the worker (or Envoy) at host:port ADDRESS; other "
         "models go to the default worker (repeatable; env TOKENWIRE_WORKERS, comma-separated)",
+    )
+    group.add_argument(
+        "--data-dir",
+        type=pathlib.Path,
+        default=os.environ.get("TOKENWIRE_DATA_DIR") or default_data_dir(),
+        help="where the bridge keeps files, batches and stored responses, in a SQLite database "
+        "(env TOKENWIRE_DATA_DIR; default %(default)s)",
+    )
+    group.add_argument(
+        "--batch-concurrency",
+        type=int,
+        default=os.environ.get("TOKENWIRE_BATCH_CONCURRENCY", str(DEFAULT_BATCH_CONCURRENCY)),
+        help="Batch API lines sent to the worker at once, over all batches; keep it below the "
+        "worker's --max-running so interactive requests find room (env TOKENWIRE_BATCH_CONCURRENCY; "
+        "default %(default)s)",
     )
     if standalone:
         group.add_argument(
@@ -94,6 +115,8 @@ class BridgeSettings:
     model_workers: Mapping[str, str] = field(default_factory=dict)
     # Where traces go (OTLP/gRPC); None: no tracing.
     otlp_endpoint: str | None = None
+    data_dir: pathlib.Path = field(default_factory=default_data_dir)
+    batch_concurrency: int = DEFAULT_BATCH_CONCURRENCY
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> BridgeSettings:
@@ -118,4 +141,6 @@ class BridgeSettings:
             worker_api_key=worker_api_key,
             model_workers=model_workers,
             otlp_endpoint=args.otlp_endpoint,
+            data_dir=pathlib.Path(args.data_dir),
+            batch_concurrency=int(args.batch_concurrency),
         )

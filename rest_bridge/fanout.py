@@ -8,9 +8,11 @@ calls on a few lanes; a lane starts its next prompt when its call ends.
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -84,6 +86,21 @@ class FanOut(Generic[Call]):
     def cancel(self) -> None:
         for call in self._calls:
             call.cancel()
+
+
+def call_starters(
+    method: Callable[..., Call], protos: Sequence[generation_pb2.GenerateRequest], options: dict[str, Any]
+) -> list[Callable[[], Call]]:
+    """A call starter per prompt, for a FanOut. The calls share the request's deadline: a prompt
+    that waits for a free lane has that much less time."""
+    timeout = options["timeout"]
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def start(proto: generation_pb2.GenerateRequest) -> Call:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return method(proto, **{**options, "timeout": left})
+
+    return [functools.partial(start, proto) for proto in protos]
 
 
 async def _response(call: grpc.aio.UnaryUnaryCall) -> generation_pb2.GenerateResponse:

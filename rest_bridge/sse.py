@@ -1,7 +1,9 @@
 """Server-Sent Events: OpenAI's framing, and generation streams turned into chunk events.
 
-Every event is exactly `data: <compact JSON>\\n\\n` and a stream ends with `data: [DONE]\\n\\n`;
-never `id:`, `retry:` or `event:` lines (the OpenAI Python SDK fails on them).
+Chat and completions: every event is exactly `data: <compact JSON>\\n\\n` and a stream ends with
+`data: [DONE]\\n\\n`; never `id:`, `retry:` or `event:` lines (the OpenAI Python SDK fails on them
+there). The Responses API is the exception: each of its events has an `event:` line naming its
+type before the data, and no `[DONE]` ends the stream (encode_named_event).
 """
 from __future__ import annotations
 
@@ -22,6 +24,11 @@ DONE = b"data: [DONE]\n\n"
 
 def encode_event(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def encode_named_event(name: str, payload: Mapping[str, Any]) -> bytes:
+    """An event of the Responses API: `event: <name>` then the data line."""
+    return f"event: {name}\n".encode() + encode_event(payload)
 
 
 class EventStreamResponse(StreamingResponse):

@@ -64,10 +64,16 @@ def worker_metrics_url(worker_address, worker_metrics_port) -> str:
 
 
 @pytest.fixture(scope="session")
-def bridge_url(worker_address, tmp_path_factory):
+def bridge_data_dir(tmp_path_factory) -> pathlib.Path:
+    """Where the session's bridge keeps its files, batches and stored responses."""
+    return tmp_path_factory.mktemp("bridge-data")
+
+
+@pytest.fixture(scope="session")
+def bridge_url(worker_address, bridge_data_dir, tmp_path_factory):
     """A real bridge in front of `worker_address`, e.g. http://127.0.0.1:PORT (no /v1)."""
     from tests.servers import start_bridge
 
-    url, process = start_bridge(tmp_path_factory.mktemp("logs"), worker_address)
+    url, process = start_bridge(tmp_path_factory.mktemp("logs"), worker_address, data_dir=bridge_data_dir)
     yield url
     process.stop()

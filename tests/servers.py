@@ -91,17 +91,25 @@ def start_workers(log_dir: pathlib.Path, *extra: str, ports: Sequence[int | None
     return workers
 
 
-def start_worker(log_dir: pathlib.Path, *extra: str) -> tuple[str, ServerProcess]:
-    """A worker on a free port, once it serves."""
-    [worker] = start_workers(log_dir, *extra)
+def start_worker(log_dir: pathlib.Path, *extra: str, port: int | None = None) -> tuple[str, ServerProcess]:
+    """A worker on `port` (a free one by default), once it serves."""
+    [worker] = start_workers(log_dir, *extra, ports=(port,))
     return worker
 
 
-def start_bridge(log_dir: pathlib.Path, worker_address: str, *extra: str) -> tuple[str, ServerProcess]:
+def start_bridge(
+    log_dir: pathlib.Path, worker_address: str, *extra: str, data_dir: pathlib.Path | None = None
+) -> tuple[str, ServerProcess]:
+    """A bridge on a free port, keeping its state in `data_dir` (a new directory under `log_dir`
+    by default, so that no test shares or leaves state)."""
     port = free_port()
+    data_dir = data_dir or log_dir / f"bridge-data-{port}"
     bridge = start(
         f"bridge-{port}",
-        ["bridge", "--http-host", "127.0.0.1", "--http-port", str(port), "--worker-address", worker_address, *extra],
+        [
+            "bridge", "--http-host", "127.0.0.1", "--http-port", str(port), "--worker-address", worker_address,
+            "--data-dir", str(data_dir), *extra,
+        ],
         log_dir,
     )
     url = f"http://127.0.0.1:{port}"

@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import functools
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-import grpc
 import pydantic_core
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from rest_bridge import schemas, translate
+from rest_bridge import calls, schemas, translate
 from rest_bridge.errors import APIError, ClientGone, from_validation_error, rpc_errors
-from rest_bridge.fanout import FanOut, PromptStreams, responses
+from rest_bridge.fanout import PromptStreams, call_starters
 from rest_bridge.sse import EventStreamResponse, generation_events
+from rest_bridge.store import Store
 from rest_bridge.upstream import Stubs, Upstream, Upstreams
 from tokenwire.v1 import generation_pb2
 
 Body = TypeVar("Body", bound=BaseModel)
 Result = TypeVar("Result")
-Call = TypeVar("Call", bound=grpc.aio.Call)
+Found = TypeVar("Found")
 
 
 class Cancellable(Protocol):
@@ -86,6 +84,27 @@ def stubs_and_options(
     return pool.stubs(), pool.call_options(request_id(request), max_timeout)
 
 
+def worker_calls(request: Request, model: str | None) -> calls.Worker:
+    """The stubs and call options of the worker that serves `model`, for this request."""
+    return calls.Worker(*stubs_and_options(request, model=model))
+
+
+def app_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+async def stored(
+    request: Request, key: str, lookup: Callable[[str], Found | None], missing: Callable[[str], APIError]
+) -> Found:
+    """What `lookup` (a store's method) finds for the id in the path parameter `key`; raises
+    `missing(id)` when it finds nothing."""
+    object_id = request.path_params[key]
+    found = await asyncio.to_thread(lookup, object_id)
+    if found is None:
+        raise missing(object_id)
+    return found
+
+
 async def _disconnected(request: Request) -> None:
     # Called once the body is read: the next ASGI message is the disconnect.
     while (await request.receive())["type"] != "http.disconnect":
@@ -117,21 +136,6 @@ async def until_ready(request: Request, calls: Sequence[Cancellable], work: Awai
             task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
-def _starts(
-    method: Callable[..., Call], protos: Sequence[generation_pb2.GenerateRequest], options: dict[str, Any]
-) -> list[Callable[[], Call]]:
-    """A call starter per prompt. The calls share the request's deadline: a prompt that waits for
-    a free lane has that much less time."""
-    timeout = options["timeout"]
-    deadline = None if timeout is None else time.monotonic() + timeout
-
-    def start(proto: generation_pb2.GenerateRequest) -> Call:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return method(proto, **{**options, "timeout": left})
-
-    return [functools.partial(start, proto) for proto in protos]
-
-
 async def generate(
     request: Request,
     fmt: translate.GenerationFormat,
@@ -145,19 +149,26 @@ async def generate(
     still plain JSON answers with their own status, since no byte of the stream has been sent; a
     later prompt's failure is an error event in the stream.
     """
-    stubs, options = stubs_and_options(request, model=body.model)
-    params = translate.request_params(fmt, body)
-    n = body.choices_per_prompt
+    worker = worker_calls(request, body.model)
+    if not body.stream:
+        return JSONResponse(await until_ready(request, [], calls.generation_json(worker, fmt, body, protos)))
+    streams, infos = await admitted_streams(request, worker, protos, translate.request_params(fmt, body))
+    header = translate.ResponseHeader.new(fmt.id_prefix, body.model or infos[0].model)
     # Every prompt's request asks for the same outputs.
     logprobs = protos[0].HasField("logprobs")
-    if body.stream:
-        streams = PromptStreams(_starts(stubs.generation.GenerateStream, protos, options))
-        with rpc_errors(params):
-            infos = await until_ready(request, [streams], streams.admitted())
-        header = translate.ResponseHeader.new(fmt.id_prefix, body.model or infos[0].model)
-        return EventStreamResponse(generation_events(fmt, streams, header, n, body.include_usage, logprobs))
-    fanout = FanOut(_starts(stubs.generation.Generate, protos, options))
+    events = generation_events(fmt, streams, header, body.choices_per_prompt, body.include_usage, logprobs)
+    return EventStreamResponse(events)
+
+
+async def admitted_streams(
+    request: Request,
+    worker: calls.Worker,
+    protos: Sequence[generation_pb2.GenerateRequest],
+    params: Mapping[str, str],
+) -> tuple[PromptStreams, list[generation_pb2.PromptInfo]]:
+    """GenerateStream calls of the prompts and the prompt infos of those started first, once the
+    worker has admitted these (until then, their errors are still plain HTTP answers)."""
+    streams = PromptStreams(call_starters(worker.stubs.generation.GenerateStream, protos, worker.options))
     with rpc_errors(params):
-        answers = await until_ready(request, [fanout], responses(fanout))
-    header = translate.ResponseHeader.new(fmt.id_prefix, body.model or answers[0].prompt_info.model)
-    return JSONResponse(translate.generation_response(fmt, answers, n, header, logprobs))
+        infos = await until_ready(request, [streams], streams.admitted())
+    return streams, infos

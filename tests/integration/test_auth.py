@@ -48,7 +48,8 @@ def misconfigured(secured, tmp_path_factory) -> Iterator[tuple[str, ServerProces
     port = free_port()
     flags = [f"--api-key={key}" for key in CLIENT_KEYS] + [f"--worker-api-key={WRONG_WORKER_KEY}"]
     args = ["bridge", "--http-host", "127.0.0.1", "--http-port", str(port), "--worker-address", secured.grpc_address]
-    bridge = start(f"bridge-{port}", [*args, *flags], tmp_path_factory.mktemp("misconfigured"))
+    logs = tmp_path_factory.mktemp("misconfigured")
+    bridge = start(f"bridge-{port}", [*args, *flags, "--data-dir", str(logs / "data")], logs)
     url = f"http://127.0.0.1:{port}"
     try:
         # Its /health is never a 200: /metrics tells when it listens.

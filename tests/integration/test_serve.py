@@ -56,7 +56,8 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         "--api-key", KEY, "--cache-dir", str(CACHE_DIR), "--no-default-models", "--model", CHAT_MODEL,
         "--shutdown-grace", str(SHUTDOWN_GRACE_S), "--kv-cache-memory", "256MiB",  # a few short chats
     ]
-    process = start("serve", ["serve", *flags], tmp_path_factory.mktemp("serve"))
+    logs = tmp_path_factory.mktemp("serve")
+    process = start("serve", ["serve", *flags, "--data-dir", str(logs / "data")], logs)
     try:
         process.wait_until(lambda: "tokenwire is ready" in process.log.read_text(), RESTART_TIMEOUT_S)
         yield Stack(process, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}",
