@@ -52,7 +52,9 @@ def _check_line(number: int, raw: bytes, endpoint: str, seen: set[str], result: 
     if not isinstance(custom_id, str) or not custom_id:
         result.fail("invalid_request", "Each line needs a 'custom_id' string.", number, "custom_id")
     elif custom_id in seen:
-        result.fail("duplicate_custom_id", f"The custom_id {custom_id!r} is used by an earlier line.", number, "custom_id")
+        result.fail(
+            "duplicate_custom_id", f"The custom_id {custom_id!r} is used by an earlier line.", number, "custom_id"
+        )
     elif request.get("method") != "POST":
         result.fail("invalid_request", "The 'method' of each line must be 'POST'.", number, "method")
     elif request.get("url") != endpoint:
@@ -95,4 +97,6 @@ def unrun_line(line_id: str, custom_id: str, code: str, message: str) -> Json:
 
 
 def jsonl(records: Iterable[Json]) -> bytes:
-    return b"".join(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n" for record in records)
+    return b"".join(
+        json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n" for record in records
+    )

@@ -117,11 +117,18 @@ class BatchRunner:
         content = await asyncio.to_thread(self._store.file_content, batch["input_file_id"])
         if content is None:
             checked = jsonl.Validation()
-            checked.fail("file_not_found", f"The input file {batch['input_file_id']} was deleted.", param="input_file_id")
+            checked.fail(
+                "file_not_found", f"The input file {batch['input_file_id']} was deleted.", param="input_file_id"
+            )
         else:
             checked = await asyncio.to_thread(jsonl.validate, content, batch["endpoint"])
         if checked.errors:
-            failed = {**batch, "status": "failed", "failed_at": self._now(), "errors": {"object": "list", "data": checked.errors}}
+            failed = {
+                **batch,
+                "status": "failed",
+                "failed_at": self._now(),
+                "errors": {"object": "list", "data": checked.errors},
+            }
             if await asyncio.to_thread(self._store.finish_batch, failed, [], "validating"):
                 return failed
         else:

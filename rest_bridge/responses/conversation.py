@@ -36,6 +36,10 @@ RESPONSE_PARAMS = {
 _SHARED_FIELDS = frozenset(schemas.SamplingRequest.model_fields) - {"stream"}
 
 
+def _item(kind: str, prefix: str, given_id: str | None, **fields: Any) -> Json:
+    return {"id": given_id or new_id(prefix), "type": kind, **fields, "status": "completed"}
+
+
 def item_json(item: InputItem) -> Json:
     """An input item as OpenAI lists it, with an id (its own, else a new one)."""
     if isinstance(item, MessageItem):
@@ -43,19 +47,12 @@ def item_json(item: InputItem) -> Json:
             {"type": part.type, "text": part.text, **({"annotations": []} if part.type == "output_text" else {})}
             for part in item.content
         ]
-        return {"id": item.id or new_id("msg_"), "type": "message", "role": item.role, "content": content, "status": "completed"}
+        return _item("message", "msg_", item.id, role=item.role, content=content)
     if isinstance(item, FunctionCallItem):
-        return {
-            "id": item.id or new_id("fc_"),
-            "type": "function_call",
-            "call_id": item.call_id,
-            "name": item.name,
-            "arguments": item.arguments,
-            "status": "completed",
-        }
+        return _item("function_call", "fc_", item.id, call_id=item.call_id, name=item.name, arguments=item.arguments)
     assert isinstance(item, FunctionCallOutputItem)
     output = item.output if isinstance(item.output, str) else [part.model_dump() for part in item.output]
-    return {"id": item.id or new_id("fco_"), "type": "function_call_output", "call_id": item.call_id, "output": output, "status": "completed"}
+    return _item("function_call_output", "fco_", item.id, call_id=item.call_id, output=output)
 
 
 def _text(parts: list[Json]) -> str:
@@ -71,7 +68,11 @@ def chat_messages(instructions: str | None, items: list[Json]) -> list[Json]:
         if item["type"] == "message":
             messages.append({"role": item["role"], "content": _text(item["content"])})
         elif item["type"] == "function_call":
-            call = {"id": item["call_id"], "type": "function", "function": {"name": item["name"], "arguments": item["arguments"]}}
+            call = {
+                "id": item["call_id"],
+                "type": "function",
+                "function": {"name": item["name"], "arguments": item["arguments"]},
+            }
             last = messages[-1] if messages else None
             if last is not None and last["role"] == "assistant":
                 last.setdefault("tool_calls", []).append(call)
@@ -79,7 +80,13 @@ def chat_messages(instructions: str | None, items: list[Json]) -> list[Json]:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         else:  # function_call_output
             output = item["output"]
-            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": output if isinstance(output, str) else _text(output)})
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": item["call_id"],
+                    "content": output if isinstance(output, str) else _text(output),
+                }
+            )
     return messages
 
 
@@ -89,7 +96,12 @@ def _response_format(body: ResponseCreateRequest) -> Json | None:
         return None
     if text_format.type == "json_object":
         return {"type": "json_object"}
-    schema = {"name": text_format.name, "description": text_format.description, "schema": text_format.json_schema, "strict": text_format.strict}
+    schema = {
+        "name": text_format.name,
+        "description": text_format.description,
+        "schema": text_format.json_schema,
+        "strict": text_format.strict,
+    }
     return {"type": "json_schema", "json_schema": {key: value for key, value in schema.items() if value is not None}}
 
 
@@ -103,7 +115,8 @@ def chat_body(body: ResponseCreateRequest, messages: list[Json]) -> schemas.Chat
     """The chat request with the response's messages, sampling, output limit, format and tools."""
     data = body.model_dump(include=_SHARED_FIELDS, exclude_none=True, by_alias=True)
     tools = [
-        {"type": "function", "function": tool.model_dump(exclude={"type"}, exclude_none=True)} for tool in body.tools or ()
+        {"type": "function", "function": tool.model_dump(exclude={"type"}, exclude_none=True)}
+        for tool in body.tools or ()
     ]
     extras = {
         "messages": messages,

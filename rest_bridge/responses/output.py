@@ -108,10 +108,20 @@ class ResponseBuilder:
         events = [] if self._open is not None and self._open["type"] == "message" else self._open_message()
         self._text += delta
         assert self._open is not None
-        return [*events, self._item_event("response.output_text.delta", self._open, content_index=0, delta=delta, logprobs=[])]
+        return [
+            *events,
+            self._item_event("response.output_text.delta", self._open, content_index=0, delta=delta, logprobs=[]),
+        ]
 
     def call_started(self, call_id: str, name: str) -> list[Json]:
-        item = {"id": new_id("fc_"), "type": "function_call", "status": "in_progress", "arguments": "", "call_id": call_id, "name": name}
+        item = {
+            "id": new_id("fc_"),
+            "type": "function_call",
+            "status": "in_progress",
+            "arguments": "",
+            "call_id": call_id,
+            "name": name,
+        }
         return self._add(item)
 
     def call_arguments(self, fragment: str) -> list[Json]:

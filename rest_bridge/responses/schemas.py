@@ -12,11 +12,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainValidator, field_validator, model_validator
 
 from rest_bridge.schemas import (
+    FunctionDefinition,
     Int,
     Metadata,
     PositiveUInt32,
     SamplingRequest,
-    ToolName,
     _Body,
     request_error,
     unsupported,
@@ -101,13 +101,10 @@ def parse_item(value: Any) -> InputItem:
 Item = Annotated[InputItem, PlainValidator(parse_item)]
 
 
-class FunctionTool(_Body):
+class FunctionTool(FunctionDefinition):
+    """A function tool: chat's function definition, flat."""
+
     type: Literal["function"]
-    name: ToolName
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    # Calls are always decoded under the schema, so they validate whether strict or not.
-    strict: bool | None = None
 
 
 class NamedFunction(_Body):

@@ -44,7 +44,9 @@ class PreparedResponse:
     def in_progress(self, model: str) -> Json:
         """The response object before its output, as OpenAI shows it."""
         body = self.body
-        text_format = body.text.format.model_dump(by_alias=True, exclude_none=True) if body.text and body.text.format else None
+        text_format = (
+            body.text.format.model_dump(by_alias=True, exclude_none=True) if body.text and body.text.format else None
+        )
         choice = body.tool_choice
         tool_choice = choice.model_dump() if isinstance(choice, NamedFunction) else choice
         return {
@@ -111,7 +113,9 @@ async def keep(store: Store, prepared: PreparedResponse, response: Json) -> None
         await asyncio.to_thread(store.add_response, prepared.stored(response))
 
 
-async def respond(worker: calls.Worker, store: Store, prepared: PreparedResponse, *, interrupted_ok: bool = True) -> Json:
+async def respond(
+    worker: calls.Worker, store: Store, prepared: PreparedResponse, *, interrupted_ok: bool = True
+) -> Json:
     """Generates the whole response, keeps it if asked, and returns it."""
     [answer] = await calls.generation_answers(worker, [prepared.chat], RESPONSE_PARAMS, interrupted_ok=interrupted_ok)
     builder = ResponseBuilder(prepared.in_progress(prepared.body.model or answer.prompt_info.model))

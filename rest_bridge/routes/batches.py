@@ -34,7 +34,10 @@ class BatchCreateRequest(_Body):
     @classmethod
     def _served(cls, value: str) -> str:
         if value not in ENDPOINTS:
-            raise request_error(f"Batches of {value!r} are not supported; the endpoint must be one of {', '.join(ENDPOINTS)}.", "endpoint")
+            raise request_error(
+                f"Batches of {value!r} are not supported; the endpoint must be one of {', '.join(ENDPOINTS)}.",
+                "endpoint",
+            )
         return value
 
     @field_validator("completion_window")
@@ -68,7 +71,9 @@ async def create_batch(request: Request) -> Response:
     if input_file is None:
         raise files.not_found(body.input_file_id)
     if input_file["purpose"] != "batch":
-        raise APIError(400, f"The file {body.input_file_id} was not uploaded with purpose 'batch'.", param="input_file_id")
+        raise APIError(
+            400, f"The file {body.input_file_id} was not uploaded with purpose 'batch'.", param="input_file_id"
+        )
     batch = new_batch(body.input_file_id, body.endpoint, body.metadata, int(time.time()))
     await asyncio.to_thread(store.add_batch, batch)
     _runner(request).run(batch["id"])

@@ -22,7 +22,9 @@ UPLOAD_PURPOSES = ("batch",)
 
 
 def _too_large() -> APIError:
-    return APIError(413, f"The file is larger than {MAX_FILE_BYTES} bytes, the most a batch's input file may be.", param="file")
+    return APIError(
+        413, f"The file is larger than {MAX_FILE_BYTES} bytes, the most a batch's input file may be.", param="file"
+    )
 
 
 async def _upload(request: Request) -> tuple[str, bytes, str]:
@@ -48,7 +50,11 @@ async def _upload(request: Request) -> tuple[str, bytes, str]:
 async def create_file(request: Request) -> Response:
     filename, content, purpose = await _upload(request)
     if purpose not in UPLOAD_PURPOSES:
-        raise APIError(400, f"Files with purpose {purpose!r} are not supported; upload Batch API input with purpose 'batch'.", param="purpose")
+        raise APIError(
+            400,
+            f"Files with purpose {purpose!r} are not supported; upload Batch API input with purpose 'batch'.",
+            param="purpose",
+        )
     if not filename.endswith(".jsonl"):
         raise APIError(400, "Invalid file format for the Batch API: the file must be .jsonl.", param="file")
     file = file_object(filename, len(content), purpose, int(time.time()))

@@ -71,12 +71,16 @@ class Store(Protocol):
     def unfinished_batches(self) -> list[Json]: ...
     def start_batch(self, batch: Json, lines: list[BatchLine], expected_status: str) -> bool:
         """Keeps the lines (whatever the status) and updates the batch, at once."""
+
     def pending_lines(self, batch_id: str) -> list[BatchLine]:
         """The lines without a result, in line order."""
+
     def add_result(self, batch_id: str, result: LineResult) -> bool:
         """Keeps a line's result; False (and nothing kept) when the line already has one."""
+
     def result_counts(self, batch_id: str) -> tuple[int, int]:
         """(lines that succeeded, lines that failed) so far."""
+
     def results(self, batch_id: str) -> list[LineResult]: ...
     def finish_batch(self, batch: Json, files: list[tuple[Json, bytes]], expected_status: str) -> bool:
         """Adds the output and error files, updates the batch and drops its lines and results,

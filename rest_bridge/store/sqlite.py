@@ -136,7 +136,8 @@ class SQLiteStore:
     def add_batch(self, batch: Json) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO batches (id, status, object) VALUES (?, ?, ?)", (batch["id"], batch["status"], _dump(batch))
+                "INSERT INTO batches (id, status, object) VALUES (?, ?, ?)",
+                (batch["id"], batch["status"], _dump(batch)),
             )
 
     def get_batch(self, batch_id: str) -> Json | None:

@@ -37,9 +37,7 @@ def start(client: openai.OpenAI, lines: list[dict], endpoint: str = "/v1/chat/co
     return client.batches.create(input_file_id=upload(client, lines), endpoint=endpoint, completion_window="24h")
 
 
-def wait_until(
-    client: openai.OpenAI, batch_id: str, done: Callable[[Batch], bool], timeout: float = 600
-) -> Batch:
+def wait_until(client: openai.OpenAI, batch_id: str, done: Callable[[Batch], bool], timeout: float = 600) -> Batch:
     """The batch once `done(batch)`, polled until a deadline."""
     deadline = time.monotonic() + timeout
     while True:

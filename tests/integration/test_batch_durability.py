@@ -24,7 +24,9 @@ def test_the_whole_stack_restarted_mid_batch_answers_every_line_once(tmp_path):
     url, bridge = start_bridge(tmp_path, address, data_dir=data_dir)
     try:
         client = _client(url)
-        lines = [chat_line(f"d{i}", f"Tell a story about the number {i}.", max_tokens=6, ignore_eos=True) for i in range(16)]
+        lines = [
+            chat_line(f"d{i}", f"Tell a story about the number {i}.", max_tokens=6, ignore_eos=True) for i in range(16)
+        ]
         batch = start(client, lines)
         before = wait_until(client, batch.id, lambda batch: batch.request_counts.completed >= 2)
         bridge.process.kill()  # lines in flight die with it; their results were never kept
@@ -42,7 +44,11 @@ def test_the_whole_stack_restarted_mid_batch_answers_every_line_once(tmp_path):
         bridge.stop()
         worker.stop()
     assert finished.status == "completed" and finished.in_progress_at == before.in_progress_at
-    assert (finished.request_counts.total, finished.request_counts.completed, finished.request_counts.failed) == (16, 16, 0)
+    assert (finished.request_counts.total, finished.request_counts.completed, finished.request_counts.failed) == (
+        16,
+        16,
+        0,
+    )
     assert not errors and sorted(line["custom_id"] for line in outputs) == sorted(line["custom_id"] for line in lines)
     # Whole answers only: none cut short by the worker's shutdown.
     assert all(line["response"]["body"]["usage"]["completion_tokens"] == 6 for line in outputs)

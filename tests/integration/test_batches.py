@@ -55,7 +55,12 @@ def test_a_chat_batch_with_a_bad_line(client):
 def test_an_embeddings_batch(client):
     texts = ["A cat sits on the mat.", "Stock markets fell.", "Water is wet."]
     lines = [
-        {"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings", "body": {"model": EMBEDDING_MODEL, "input": text}}
+        {
+            "custom_id": f"e{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": EMBEDDING_MODEL, "input": text},
+        }
         for i, text in enumerate(texts)
     ]
     batch = wait_for(client, start(client, lines, "/v1/embeddings").id)
@@ -121,7 +126,9 @@ def test_invalid_input_fails_validation_with_line_numbers(client):
     assert batch.output_file_id is None and batch.error_file_id is None
 
     empty = client.files.create(file=("empty.jsonl", b"\n"), purpose="batch").id
-    failed = wait_for(client, client.batches.create(input_file_id=empty, endpoint="/v1/chat/completions", completion_window="24h").id)
+    failed = wait_for(
+        client, client.batches.create(input_file_id=empty, endpoint="/v1/chat/completions", completion_window="24h").id
+    )
     assert [error.code for error in failed.errors.data] == ["empty_file"]
 
 
@@ -129,7 +136,10 @@ def test_create_refuses_what_it_cannot_run(client, http):
     file_id = upload(client, [chat_line("a", "Hi")])
 
     def refused(status: int, **body: object) -> dict:
-        reply = http.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h", **body})
+        reply = http.post(
+            "/v1/batches",
+            json={"input_file_id": file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h", **body},
+        )
         assert reply.status_code == status
         return reply.json()["error"]
 

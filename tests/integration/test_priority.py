@@ -17,8 +17,14 @@ def one_at_a_time(tmp_path_factory):
     """A worker that runs one sequence at a time: requests wait in its queue, and run in the order
     it admits them."""
     address, worker = start_worker(
-        tmp_path_factory.mktemp("priority"), "--cache-dir", str(CACHE_DIR), "--no-default-models", "--model", CHAT_MODEL,
-        "--max-running", "1",
+        tmp_path_factory.mktemp("priority"),
+        "--cache-dir",
+        str(CACHE_DIR),
+        "--no-default-models",
+        "--model",
+        CHAT_MODEL,
+        "--max-running",
+        "1",
     )
     yield address
     worker.stop()

@@ -178,7 +178,12 @@ def test_json_schema_output_validates_and_parses(client):
         model=CHAT_MODEL, input="Describe a big city.", text_format=City, max_output_tokens=60, temperature=0
     )
     assert parsed.status == "completed" and isinstance(parsed.output_parsed, City)
-    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
     raw = client.responses.create(
         model=CHAT_MODEL,
         input="Is water wet?",
@@ -223,7 +228,11 @@ def test_function_call_and_its_output_round_trip(client):
                 "role": "assistant",
                 "content": None,
                 "tool_calls": [
-                    {"id": call.call_id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+                    {
+                        "id": call.call_id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    }
                 ],
             },
             {"role": "tool", "tool_call_id": call.call_id, "content": "Sunny, 25 C"},
@@ -290,6 +299,8 @@ def test_errors_come_in_the_envelope_before_any_event(http, stream):
     assert error({"model": CHAT_MODEL, "input": [{"type": "reasoning"}]}, 400)["param"] == "input[0]"
     bad_schema = {"format": {"type": "json_schema", "name": "x", "schema": {"type": "nonsense"}}}
     assert error({"model": CHAT_MODEL, "input": "hi", "text": bad_schema}, 400)["param"] == "text.format"
-    assert error({"model": CHAT_MODEL, "input": "hi", "tools": [{"type": "web_search"}]}, 400)["param"] == "tools[0].type"
+    assert (
+        error({"model": CHAT_MODEL, "input": "hi", "tools": [{"type": "web_search"}]}, 400)["param"] == "tools[0].type"
+    )
     assert error({"model": CHAT_MODEL}, 400)["param"] == "input"
     assert http.get("/v1/responses/resp_missing").status_code == 404

@@ -62,6 +62,11 @@ def test_output_and_error_lines_have_openai_shape():
         "error": None,
     }
     unrun = jsonl.unrun_line("batch_req_2", "b", "batch_cancelled", "Not run.")
-    assert unrun == {"id": "batch_req_2", "custom_id": "b", "response": None, "error": {"code": "batch_cancelled", "message": "Not run."}}
+    assert unrun == {
+        "id": "batch_req_2",
+        "custom_id": "b",
+        "response": None,
+        "error": {"code": "batch_cancelled", "message": "Not run."},
+    }
     content = jsonl.jsonl([made, unrun])
     assert content.endswith(b"\n") and [json.loads(line) for line in content.splitlines()] == [made, unrun]

@@ -33,7 +33,12 @@ async def upstream(fake_worker: FakeWorker):
 
 def _add_batch(store, prompts: list[str], endpoint: str = "/v1/chat/completions") -> str:
     lines = [
-        {"custom_id": f"c{i}", "method": "POST", "url": endpoint, "body": {"model": "m", "messages": [{"role": "user", "content": p}], "priority": -5}}
+        {
+            "custom_id": f"c{i}",
+            "method": "POST",
+            "url": endpoint,
+            "body": {"model": "m", "messages": [{"role": "user", "content": p}], "priority": -5},
+        }
         for i, p in enumerate(prompts)
     ]
     file = file_object("in.jsonl", 0, "batch", int(time.time()))
@@ -66,7 +71,9 @@ async def test_lines_run_at_batch_priority_and_overload_is_retried(store, upstre
     assert batch["request_counts"] == {"total": 5, "completed": 5, "failed": 0} and batch["error_file_id"] is None
     outputs = _outputs(store, batch)
     assert [line["custom_id"] for line in outputs] == [f"c{i}" for i in range(5)]
-    assert [line["response"]["body"]["choices"][0]["message"]["content"] for line in outputs] == [f"echo: q{i}" for i in range(5)]
+    assert [line["response"]["body"]["choices"][0]["message"]["content"] for line in outputs] == [
+        f"echo: q{i}" for i in range(5)
+    ]
     # Refused calls were tried again; every call carried the batch's priority, whatever the line said.
     assert len(fake_worker.record.requests) > 5
     assert {request.priority for request in fake_worker.record.requests} == {BATCH_PRIORITY}
@@ -89,4 +96,6 @@ async def test_a_stopped_runner_is_resumed_with_every_line_once(store, upstream,
     outputs = _outputs(store, store.get_batch(batch_id))
     assert sorted(line["custom_id"] for line in outputs) == sorted(f"c{i}" for i in range(8))
     # The lines finished before the stop kept their results: they were not run again.
-    assert all({line["custom_id"]: line["id"] for line in outputs}[custom_id] == line_id for custom_id, line_id in kept.items())
+    assert all(
+        {line["custom_id"]: line["id"] for line in outputs}[custom_id] == line_id for custom_id, line_id in kept.items()
+    )

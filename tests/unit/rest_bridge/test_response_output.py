@@ -56,10 +56,20 @@ def test_a_text_answer_streams_openai_events_in_order():
 def test_text_then_tool_calls_close_each_item_before_the_next():
     builder = _builder()
     events = builder.text("Let me check.")
-    events += builder.tool_call_delta(generation_pb2.ToolCallDelta(index=0, id="call_a", function=generation_pb2.FunctionCall(name="f", arguments="")))
-    events += builder.tool_call_delta(generation_pb2.ToolCallDelta(index=0, function=generation_pb2.FunctionCall(arguments='{"x": ')))
-    events += builder.tool_call_delta(generation_pb2.ToolCallDelta(index=0, function=generation_pb2.FunctionCall(arguments="1}")))
-    events += builder.tool_call_delta(generation_pb2.ToolCallDelta(index=1, id="call_b", function=generation_pb2.FunctionCall(name="g", arguments="{}")))
+    events += builder.tool_call_delta(
+        generation_pb2.ToolCallDelta(index=0, id="call_a", function=generation_pb2.FunctionCall(name="f", arguments=""))
+    )
+    events += builder.tool_call_delta(
+        generation_pb2.ToolCallDelta(index=0, function=generation_pb2.FunctionCall(arguments='{"x": '))
+    )
+    events += builder.tool_call_delta(
+        generation_pb2.ToolCallDelta(index=0, function=generation_pb2.FunctionCall(arguments="1}"))
+    )
+    events += builder.tool_call_delta(
+        generation_pb2.ToolCallDelta(
+            index=1, id="call_b", function=generation_pb2.FunctionCall(name="g", arguments="{}")
+        )
+    )
     events += builder.finish(generation_pb2.FINISH_REASON_TOOL_CALLS, USAGE)
     assert _names(events) == [
         "response.output_item.added",
@@ -81,7 +91,12 @@ def test_text_then_tool_calls_close_each_item_before_the_next():
     ]
     message, first, second = builder.response["output"]
     assert [item["type"] for item in (message, first, second)] == ["message", "function_call", "function_call"]
-    assert (first["call_id"], first["name"], first["arguments"], first["status"]) == ("call_a", "f", '{"x": 1}', "completed")
+    assert (first["call_id"], first["name"], first["arguments"], first["status"]) == (
+        "call_a",
+        "f",
+        '{"x": 1}',
+        "completed",
+    )
     assert events[9]["arguments"] == '{"x": 1}' and events[9]["output_index"] == 1
     assert events[6]["item"]["arguments"] == "" and events[6]["output_index"] == 1
     assert second["call_id"] == "call_b" and events[11]["output_index"] == 2
@@ -107,11 +122,16 @@ def test_an_empty_answer_is_one_empty_message_and_a_whole_sequence_builds_the_sa
     assert builder.response["output"][0]["content"][0]["text"] == ""
     sequence = generation_pb2.Sequence(
         text="Hi",
-        tool_calls=[generation_pb2.ToolCall(id="call_c", function=generation_pb2.FunctionCall(name="f", arguments="{}"))],
+        tool_calls=[
+            generation_pb2.ToolCall(id="call_c", function=generation_pb2.FunctionCall(name="f", arguments="{}"))
+        ],
         finish=generation_pb2.FinishInfo(reason=generation_pb2.FINISH_REASON_TOOL_CALLS),
     )
     whole = _builder().whole(sequence, USAGE)
-    assert [(item["type"], item["status"]) for item in whole["output"]] == [("message", "completed"), ("function_call", "completed")]
+    assert [(item["type"], item["status"]) for item in whole["output"]] == [
+        ("message", "completed"),
+        ("function_call", "completed"),
+    ]
     assert whole["output"][1]["arguments"] == "{}"
 
 
@@ -135,7 +155,11 @@ def test_items_become_chat_messages_with_calls_joined_to_their_turn():
                 {"type": "function_call", "call_id": "call_1", "name": "weather", "arguments": {"city": "Paris"}},
                 {"type": "function_call", "call_id": "call_2", "name": "weather", "arguments": "{}"},
                 {"type": "function_call_output", "call_id": "call_1", "output": "Sunny"},
-                {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "Rain"}]},
+                {
+                    "type": "function_call_output",
+                    "call_id": "call_2",
+                    "output": [{"type": "input_text", "text": "Rain"}],
+                },
             ],
         }
     )
