@@ -12,7 +12,8 @@ again, so restarting the whole stack loses no line.
 
 Lines of all batches share `concurrency` calls in flight (--batch-concurrency): enough to keep
 the worker's batch busy, and fewer than its sequences so that interactive requests find room at
-once; the worker also admits them first (priority), whatever is waiting.
+once. The worker also admits them before any waiting line (priority), and preempts a running
+line for them when it has no room left.
 """
 from __future__ import annotations
 
