@@ -13,7 +13,7 @@ from rest_bridge.batches.endpoints import BATCH_PRIORITY
 from rest_bridge.batches.objects import file_object, new_batch
 from rest_bridge.batches.runner import BatchRunner
 from rest_bridge.store import open_store
-from rest_bridge.upstream import Upstream
+from rest_bridge.upstream import Upstreams
 from tests.unit.rest_bridge.fake_worker import FakeWorker
 
 
@@ -26,7 +26,7 @@ def store(tmp_path: pathlib.Path):
 
 @pytest.fixture
 async def upstream(fake_worker: FakeWorker):
-    pool = Upstream(fake_worker.address, timeout=10)
+    pool = Upstreams(fake_worker.address, timeout=10)
     yield pool
     await pool.close()
 
