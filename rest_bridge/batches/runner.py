@@ -18,6 +18,7 @@ line for them when it has no room left.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -72,7 +73,9 @@ class BatchRunner:
         """Runs a batch from the status it is in (a new one, or one being cancelled)."""
         self._cancels.setdefault(batch_id, asyncio.Event())
         if batch_id not in self._tasks:
-            task = asyncio.create_task(self._run(batch_id), name=f"batch {batch_id}")
+            # A context of its own: the batch is no part of the HTTP request that started it (its
+            # trace span, for one).
+            task = asyncio.create_task(self._run(batch_id), name=f"batch {batch_id}", context=contextvars.Context())
             self._tasks[batch_id] = task
             task.add_done_callback(lambda _: self._forget(batch_id))
 
