@@ -68,79 +68,104 @@ inline void prefetch_block(const HeadCache<T, D>& cache, int64_t j) {
   }
 }
 
-// H query heads (of one kv head) over positions 0..length-1. `scores` has room for H rows of
-// `stride` >= length rounded up to kBlock floats.
-template <typename T, int D, int H>
-TW_AVX512 void attend_heads(const T* query, float scale, const HeadCache<T, D>& cache, int64_t length,
-                            float* scores, int64_t stride, T* out) {
-  float q[H][D];
-  for (int h = 0; h < H; ++h)
-    for (int d = 0; d < D; ++d) q[h][d] = static_cast<float>(query[h * D + d]) * scale;
-  const int64_t blocks = (length + kBlock - 1) / kBlock;
+// H query heads (of one kv head) of R tokens of one sequence over its positions: token r over
+// 0..lengths[r]-1. The tokens share every key load (and, while their accumulators fit in
+// registers, every value load), and each token's numbers go through exactly the operations, in
+// the order, it would alone. `scores` has room for R * H rows of `stride` >= the longest length
+// rounded up to kBlock floats.
+template <typename T, int D, int H, int R>
+TW_AVX512 void attend_heads(const T* const* queries, float scale, const HeadCache<T, D>& cache,
+                            const int64_t* lengths, float* scores, int64_t stride, T* const* outs) {
+  float q[R][H][D];
+  for (int r = 0; r < R; ++r)
+    for (int h = 0; h < H; ++h)
+      for (int d = 0; d < D; ++d) q[r][h][d] = static_cast<float>(queries[r][h * D + d]) * scale;
+  int64_t longest = 0;
+  for (int r = 0; r < R; ++r) longest = std::max(longest, lengths[r]);
+  const int64_t blocks = (longest + kBlock - 1) / kBlock;
 
   // Scores, one block (32 positions) at a time: each key row d of a block is a run of positions.
+  // Lanes past a token's own length (but within the longest) get scores that are never read.
   for (int64_t j = 0; j < blocks; ++j) {
     const int64_t t = j * kBlock;
-    const __mmask16 low = first_lanes(length - t), high = first_lanes(length - t - 16);
+    const __mmask16 low = first_lanes(longest - t), high = first_lanes(longest - t - 16);
     const T* keys = cache.block_keys(j);
     const T* next = j + 1 < blocks ? cache.block_keys(j + 1) : keys;
-    __m512 lo[H], hi[H];
-    for (int h = 0; h < H; ++h) lo[h] = hi[h] = _mm512_setzero_ps();
+    __m512 lo[R][H], hi[R][H];
+    for (int r = 0; r < R; ++r)
+      for (int h = 0; h < H; ++h) lo[r][h] = hi[r][h] = _mm512_setzero_ps();
     for (int d = 0; d < D; ++d) {
       const T* row = keys + d * kBlock;
       _mm_prefetch(reinterpret_cast<const char*>(next + d * kBlock), _MM_HINT_T0);
       const __m512 k0 = load16(row, low), k1 = load16(row + 16, high);
+      for (int r = 0; r < R; ++r)
+        for (int h = 0; h < H; ++h) {
+          const __m512 qd = _mm512_set1_ps(q[r][h][d]);
+          lo[r][h] = _mm512_fmadd_ps(qd, k0, lo[r][h]);
+          hi[r][h] = _mm512_fmadd_ps(qd, k1, hi[r][h]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
       for (int h = 0; h < H; ++h) {
-        const __m512 qd = _mm512_set1_ps(q[h][d]);
-        lo[h] = _mm512_fmadd_ps(qd, k0, lo[h]);
-        hi[h] = _mm512_fmadd_ps(qd, k1, hi[h]);
+        _mm512_storeu_ps(scores + (r * H + h) * stride + t, lo[r][h]);
+        _mm512_storeu_ps(scores + (r * H + h) * stride + t + 16, hi[r][h]);
       }
-    }
-    for (int h = 0; h < H; ++h) {
-      _mm512_storeu_ps(scores + h * stride + t, lo[h]);
-      _mm512_storeu_ps(scores + h * stride + t + 16, hi[h]);
-    }
   }
 
   // Softmax numerators in place; their sums.
-  float total[H];
-  for (int h = 0; h < H; ++h) {
-    float* s = scores + h * stride;
-    __m512 largest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-    for (int64_t t = 0; t < length; t += 16)
-      largest = _mm512_mask_max_ps(largest, first_lanes(length - t), largest, _mm512_loadu_ps(s + t));
-    const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(largest));
-    __m512 sum = _mm512_setzero_ps();
-    for (int64_t t = 0; t < length; t += 16) {
-      const __mmask16 lanes = first_lanes(length - t);
-      const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + t), shift));
-      _mm512_mask_storeu_ps(s + t, lanes, e);
-      sum = _mm512_mask_add_ps(sum, lanes, sum, e);
+  float total[R][H];
+  for (int r = 0; r < R; ++r)
+    for (int h = 0; h < H; ++h) {
+      const int64_t length = lengths[r];
+      float* s = scores + (r * H + h) * stride;
+      __m512 largest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+      for (int64_t t = 0; t < length; t += 16)
+        largest = _mm512_mask_max_ps(largest, first_lanes(length - t), largest, _mm512_loadu_ps(s + t));
+      const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(largest));
+      __m512 sum = _mm512_setzero_ps();
+      for (int64_t t = 0; t < length; t += 16) {
+        const __mmask16 lanes = first_lanes(length - t);
+        const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + t), shift));
+        _mm512_mask_storeu_ps(s + t, lanes, e);
+        sum = _mm512_mask_add_ps(sum, lanes, sum, e);
+      }
+      total[r][h] = _mm512_reduce_add_ps(sum);
     }
-    total[h] = _mm512_reduce_add_ps(sum);
-  }
 
   // Weighted values: each value row is one position's D numbers.
   constexpr int kVectors = D / 16;
-  __m512 acc[H][kVectors];
-  for (int h = 0; h < H; ++h)
-    for (int i = 0; i < kVectors; ++i) acc[h][i] = _mm512_setzero_ps();
-  for (int64_t j = 0; j < blocks; ++j) {
-    const T* values = cache.block_values(j);
-    const int64_t count = std::min(kBlock, length - j * kBlock);
-    for (int64_t i = 0; i < count; ++i) {
-      _mm_prefetch(reinterpret_cast<const char*>(values + (i + 8) * D), _MM_HINT_T0);
-      __m512 value[kVectors];
-      for (int v = 0; v < kVectors; ++v) value[v] = load16(values + i * D + 16 * v);
-      for (int h = 0; h < H; ++h) {
-        const __m512 weight = _mm512_set1_ps(scores[h * stride + j * kBlock + i]);
-        for (int v = 0; v < kVectors; ++v) acc[h][v] = _mm512_fmadd_ps(weight, value[v], acc[h][v]);
+  // The tokens share the value loads while their accumulators fit in 24 registers.
+  constexpr int kShared = R * H * kVectors <= 24 ? R : 1;
+  for (int first = 0; first < R; first += kShared) {
+    __m512 acc[kShared][H][kVectors];
+    for (int r = 0; r < kShared; ++r)
+      for (int h = 0; h < H; ++h)
+        for (int v = 0; v < kVectors; ++v) acc[r][h][v] = _mm512_setzero_ps();
+    int64_t reach = 0;
+    for (int r = 0; r < kShared; ++r) reach = std::max(reach, lengths[first + r]);
+    for (int64_t j = 0; j * kBlock < reach; ++j) {
+      const T* values = cache.block_values(j);
+      const int64_t count = std::min(kBlock, reach - j * kBlock);
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t t = j * kBlock + i;
+        _mm_prefetch(reinterpret_cast<const char*>(values + (i + 8) * D), _MM_HINT_T0);
+        __m512 value[kVectors];
+        for (int v = 0; v < kVectors; ++v) value[v] = load16(values + i * D + 16 * v);
+        for (int r = 0; r < kShared; ++r) {
+          if (t >= lengths[first + r]) continue;
+          for (int h = 0; h < H; ++h) {
+            const __m512 weight = _mm512_set1_ps(scores[((first + r) * H + h) * stride + t]);
+            for (int v = 0; v < kVectors; ++v) acc[r][h][v] = _mm512_fmadd_ps(weight, value[v], acc[r][h][v]);
+          }
+        }
       }
     }
-  }
-  for (int h = 0; h < H; ++h) {
-    const __m512 inverse = _mm512_set1_ps(1.0f / total[h]);
-    for (int v = 0; v < kVectors; ++v) store16(out + h * D + 16 * v, _mm512_mul_ps(acc[h][v], inverse));
+    for (int r = 0; r < kShared; ++r)
+      for (int h = 0; h < H; ++h) {
+        const __m512 inverse = _mm512_set1_ps(1.0f / total[first + r][h]);
+        for (int v = 0; v < kVectors; ++v)
+          store16(outs[first + r] + h * D + 16 * v, _mm512_mul_ps(acc[r][h][v], inverse));
+      }
   }
 }
 
@@ -148,21 +173,22 @@ TW_AVX512 void attend_heads(const T* query, float scale, const HeadCache<T, D>& 
 template <int D>
 constexpr int kHeadBlock = D >= 128 ? 2 : 4;
 
-// All `group` query heads of one kv head, in blocks of kHeadBlock.
-template <typename T, int D>
-TW_AVX512 void attend_group(const T* query, int64_t group, float scale, const HeadCache<T, D>& cache,
-                            int64_t length, float* scores, int64_t stride, T* out) {
+// All `group` query heads of one kv head, in blocks of kHeadBlock, for R tokens of a sequence.
+template <typename T, int D, int R>
+TW_AVX512 void attend_group(const T* const* queries, int64_t group, float scale, const HeadCache<T, D>& cache,
+                            const int64_t* lengths, float* scores, int64_t stride, T* const* outs) {
   for (int64_t h = 0; h < group; h += kHeadBlock<D>) {
-    const T* q = query + h * D;
-    T* o = out + h * D;
+    const T* q[R];
+    T* o[R];
+    for (int r = 0; r < R; ++r) q[r] = queries[r] + h * D, o[r] = outs[r] + h * D;
     switch (std::min<int64_t>(kHeadBlock<D>, group - h)) {
-      case 1: attend_heads<T, D, 1>(q, scale, cache, length, scores, stride, o); break;
-      case 2: attend_heads<T, D, 2>(q, scale, cache, length, scores, stride, o); break;
+      case 1: attend_heads<T, D, 1, R>(q, scale, cache, lengths, scores, stride, o); break;
+      case 2: attend_heads<T, D, 2, R>(q, scale, cache, lengths, scores, stride, o); break;
       case 3:
-        if constexpr (kHeadBlock<D> >= 3) attend_heads<T, D, 3>(q, scale, cache, length, scores, stride, o);
+        if constexpr (kHeadBlock<D> >= 3) attend_heads<T, D, 3, R>(q, scale, cache, lengths, scores, stride, o);
         break;
       default:
-        if constexpr (kHeadBlock<D> >= 4) attend_heads<T, D, 4>(q, scale, cache, length, scores, stride, o);
+        if constexpr (kHeadBlock<D> >= 4) attend_heads<T, D, 4, R>(q, scale, cache, lengths, scores, stride, o);
         break;
     }
   }
@@ -196,20 +222,38 @@ void attend_rows(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   int64_t longest = 0;
   for (int64_t r = 0; r < rows; ++r) longest = std::max(longest, positions[r] + 1);
   const int64_t stride = (longest + kBlock - 1) / kBlock * kBlock;
+  // Pairs of consecutive tokens of one sequence (a prompt chunk's) attend together; others alone.
+  std::vector<int64_t> firsts;
+  for (int64_t r = 0; r < rows; ++r) {
+    firsts.push_back(r);
+    if (r + 1 < rows && row_tables[r + 1] == row_tables[r] && positions[r + 1] == positions[r] + 1) ++r;
+  }
+  const int64_t pairs = static_cast<int64_t>(firsts.size());
+  auto size_of = [&](int64_t p) { return (p + 1 < pairs ? firsts[p + 1] : rows) - firsts[p]; };
   const T* q_data = q.data_ptr<T>();
   T* o = out.data_ptr<T>();
-  // One work item per token and kv head, so that a single decode token uses every thread too.
-  at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(std::min<int64_t>(group, kHeadBlock<D>) * stride);
+  // One work item per kv head and pair, so that a single decode token uses every thread too.
+  // Head-major: the tokens of a prompt chunk go through one kv head's keys and values one after
+  // another, while they are still in the core's cache.
+  at::parallel_for(0, pairs * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(2 * std::min<int64_t>(group, kHeadBlock<D>) * stride);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t r = item / kv_heads, h = item % kv_heads;
+      const int64_t h = item / pairs, p = item % pairs, r = firsts[p];
       const HeadCache<T, D> cache{keys, values, kv_heads, h, table_of(r)};
       if (item + 1 < end) {  // the next item's first block streams in while this one computes
-        const int64_t next_r = (item + 1) / kv_heads;
-        prefetch_block(HeadCache<T, D>{keys, values, kv_heads, (item + 1) % kv_heads, table_of(next_r)}, 0);
+        const int64_t next_h = (item + 1) / pairs, next_r = firsts[(item + 1) % pairs];
+        prefetch_block(HeadCache<T, D>{keys, values, kv_heads, next_h, table_of(next_r)}, 0);
       }
-      attend_group<T, D>(q_data + r * q.stride(0) + h * group * D, group, scale, cache, positions[r] + 1,
-                         scores.data(), stride, o + (r * heads + h * group) * D);
+      const T* queries[2] = {q_data + r * q.stride(0) + h * group * D, nullptr};
+      T* outs[2] = {o + (r * heads + h * group) * D, nullptr};
+      const int64_t lengths[2] = {positions[r] + 1, r + 1 < rows ? positions[r + 1] + 1 : 0};
+      if (size_of(p) == 2) {
+        queries[1] = queries[0] + q.stride(0);
+        outs[1] = outs[0] + heads * D;
+        attend_group<T, D, 2>(queries, group, scale, cache, lengths, scores.data(), stride, outs);
+      } else {
+        attend_group<T, D, 1>(queries, group, scale, cache, lengths, scores.data(), stride, outs);
+      }
     }
   });
 }
