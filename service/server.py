@@ -24,7 +24,6 @@ from service.config import WorkerSettings
 from service.engine.types import GenerationRequest, SamplingParams, StoppingParams
 from service.metrics import serve_metrics
 from service.models.loading import load_embedding_model, load_generation_model, parse_spec
-from service.models.prompting import min_token_count
 from service.models.registry import EmbeddingModel, GenerationModel, ModelRegistry
 from service.servicers.auth import ApiKeyInterceptor
 from service.servicers.embedding import EmbeddingServicer
@@ -32,6 +31,7 @@ from service.servicers.generation import GenerationServicer
 from service.servicers.models import ModelsServicer
 from service.servicers.status import ErrorMappingInterceptor
 from service.servicers.tokenization import TokenizationServicer
+from service.text.encoding import min_token_count
 from tokenwire import tracing
 from tokenwire.v1 import (
     embedding_pb2,

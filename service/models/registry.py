@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 from service.errors import ModelNotFound, NotReady, WrongModelKind
 
 if TYPE_CHECKING:
-    from service.engine.constraints import ConstraintCompiler
     from service.engine.embedder import Embedder
     from service.engine.engine import GenerationEngine
+    from service.structured.grammar import ConstraintCompiler
 
 DEPLOY_ID_PREFIX = "deploy_id:"
 

@@ -8,13 +8,12 @@ import grpc
 import numpy as np
 
 from service.errors import ContextLengthExceeded, InvalidRequest
-from service.models.prompting import with_special_tokens
 from service.models.registry import EmbeddingModel, ModelRegistry
 from service.servicers.prompt_input import check_token_ids
 from service.servicers.request_context import set_trailing_metadata
+from service.text.encoding import with_special_tokens
+from tokenwire.limits import MAX_INPUTS
 from tokenwire.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
-
-MAX_INPUTS = 2048
 
 
 def _input_ids(request: embedding_pb2.EmbedRequest, model: EmbeddingModel) -> list[list[int]]:

@@ -12,10 +12,11 @@ import grpc
 from service.engine.types import Finish, FinishReason, GenerationRequest, SequenceUpdate, TokenLogprob
 from service.metrics import GenerationRecorder
 from service.models.registry import GenerationModel, ModelRegistry
-from service.models.token_texts import TokenTexts
-from service.servicers.generation_request import build_generation_request, echo_skips_special_tokens, echoed_prompt
+from service.servicers.engine_request import build_engine_request, echo_skips_special_tokens, echoed_prompt
 from service.servicers.request_context import request_id, set_trailing_metadata
-from service.servicers.structured import merge_tool_call_deltas, output_plan
+from service.structured.plan import output_plan
+from service.structured.reader import merge_tool_call_deltas
+from service.text.token_texts import TokenTexts
 from tokenwire import tracing
 from tokenwire.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 
@@ -170,7 +171,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
         output = await output_plan(request, model)
         # Tokenizing a long prompt takes seconds: off the event loop, health and other calls go on.
         engine_request = await asyncio.to_thread(
-            build_generation_request, request, model, request_id(), output
+            build_engine_request, request, model, request_id(), output
         )
         tool_calls = output.tool_call_reader()
         prompt_text = echoed_prompt(request, model.tokenizer, engine_request.prompt_ids) if request.echo else ""

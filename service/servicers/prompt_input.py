@@ -6,7 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from service.errors import InvalidRequest
-from service.models.prompting import encode_text, render_chat
+from service.text.chat import ADD_GENERATION_PROMPT, render_chat
+from service.text.encoding import encode_text
 from tokenwire.v1 import generation_pb2
 
 # Each role and the role chat templates know it by: OpenAI's "developer" is its newer name for
@@ -48,6 +49,11 @@ def _tool_call(call: generation_pb2.ToolCall, message_index: int) -> dict[str, A
             "function": {"name": call.function.name, "arguments": arguments}}
 
 
+def add_generation_prompt(chat: generation_pb2.ChatPrompt) -> bool:
+    """Whether the rendered chat ends where the assistant's answer begins (unset: the default)."""
+    return chat.add_generation_prompt if chat.HasField("add_generation_prompt") else ADD_GENERATION_PROMPT
+
+
 def check_token_ids(ids: list[int], vocab_size: int, field: str) -> list[int]:
     if not ids:
         raise InvalidRequest("The prompt must contain at least one token.", field=field)
@@ -77,10 +83,7 @@ def generation_prompt_ids(
     if kind == "token_ids":
         return check_token_ids(list(request.token_ids.ids), len(tokenizer), "prompt")
     if kind == "chat":
-        add_generation_prompt = (
-            request.chat.add_generation_prompt if request.chat.HasField("add_generation_prompt") else True
-        )
-        text = render_chat(tokenizer, chat_messages(request.chat), add_generation_prompt, tools)
+        text = render_chat(tokenizer, chat_messages(request.chat), add_generation_prompt(request.chat), tools)
         check_text(text)
         # The template already wrote every special token (BOS included), so none are added again.
         return encode_text(tokenizer, text, add_special_tokens=False)

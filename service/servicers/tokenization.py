@@ -10,10 +10,11 @@ import asyncio
 import grpc
 
 from service.errors import InvalidRequest
-from service.models.prompting import encode_text, render_chat
 from service.models.registry import ModelRegistry, ServedModel
-from service.servicers.prompt_input import chat_messages, check_token_ids
-from service.servicers.structured import parse_tools
+from service.servicers.prompt_input import add_generation_prompt, chat_messages, check_token_ids
+from service.structured.plan import parse_tools
+from service.text.chat import render_chat
+from service.text.encoding import encode_text
 from tokenwire.v1 import tokenization_pb2, tokenization_pb2_grpc
 
 
@@ -24,11 +25,9 @@ def _tokenize(request: tokenization_pb2.TokenizeRequest, model: ServedModel) -> 
     if request.tools and kind != "chat":
         raise InvalidRequest("Tools need chat input.", field="tools")
     if kind == "chat":
-        add_generation_prompt = (
-            request.chat.add_generation_prompt if request.chat.HasField("add_generation_prompt") else True
-        )
         tools = [tool.prompt for tool in parse_tools(request.tools)] or None
-        response.rendered_prompt = render_chat(tokenizer, chat_messages(request.chat), add_generation_prompt, tools)
+        messages = chat_messages(request.chat)
+        response.rendered_prompt = render_chat(tokenizer, messages, add_generation_prompt(request.chat), tools)
         ids = encode_text(tokenizer, response.rendered_prompt, add_special_tokens=False)
     elif kind == "text":
         add_special = request.add_special_tokens if request.HasField("add_special_tokens") else True

@@ -239,7 +239,7 @@ def test_embed_dimensions_token_ids_and_model_kind(channel):
 
 
 def test_a_nan_sampling_value_is_invalid_argument(channel):
-    # Every field's check is in tests/unit/service/test_generation_request.py; this is the status.
+    # Every field's check is in tests/unit/service/test_engine_request.py; this is the status.
     request = generation_pb2.GenerateRequest(
         text="hi",
         stopping=generation_pb2.StoppingCriteria(max_new_tokens=2),

@@ -6,7 +6,7 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from service.models.packaged import DEFAULT_EMBEDDING_MODEL
-from service.models.prompting import min_token_count, with_special_tokens
+from service.text.encoding import min_token_count, with_special_tokens
 
 
 @pytest.fixture(scope="module")

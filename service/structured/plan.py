@@ -1,5 +1,5 @@
-"""Structured output and tools of a GenerateRequest: validation, the decoding constraint, the
-tools shown to the chat template, and the tool calls parsed from the output.
+"""What a GenerateRequest's structured_output, tools and tool_choice ask for: validated, with the
+decoding constraint compiled and the tools the chat template shows.
 
 | tool choice            | constraint                                          | finish with calls |
 |------------------------|-----------------------------------------------------|-------------------|
@@ -15,29 +15,24 @@ import asyncio
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
-from service.engine.constraints import ConstraintCompiler, ConstraintFactory, GrammarError, ToolSchema
-from service.engine.types import FinishReason, SequenceUpdate
 from service.errors import InvalidRequest, WrongModelKind
 from service.models.registry import GenerationModel
-from service.models.tool_calls import ToolCallParser
+from service.structured.grammar import ConstraintCompiler, ConstraintFactory, GrammarError, ToolChoice, ToolSchema
+from service.structured.reader import ToolCallReader
 from tokenwire.v1 import generation_pb2
 
 TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 MAX_TOOLS = 128
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
-
-def compiler_for(model: GenerationModel) -> ConstraintCompiler:
-    """The model's grammar compiler."""
-    if model.constraints is None:
-        raise WrongModelKind(f"Model {model.card.model_id!r} does not support constrained decoding.")
-    return model.constraints
+# The structured_output kinds a tool_choice auto turn can answer with instead of calls.
+_JSON_KINDS = ("json_object", "json_schema")
 
 
 @dataclass(frozen=True)
-class _Tool:
+class Tool:
     schema: ToolSchema
     # As chat templates expect it: {"type": "function", "function": {name, description, parameters}}.
     prompt: dict[str, Any]
@@ -51,23 +46,22 @@ class OutputPlan:
     constraint: ConstraintFactory | None = None
     # The tools the chat template shows the model (None: none).
     prompt_tools: list[dict[str, Any]] | None = None
-    # none | auto | required | named
-    tool_choice: str = "none"
+    tool_choice: ToolChoice = ToolChoice.NONE
 
     def tool_call_reader(self) -> ToolCallReader | None:
-        if self.tool_choice == "none":
+        if self.tool_choice is ToolChoice.NONE:
             return None
         return ToolCallReader(
-            finish_with_tool_calls=self.tool_choice in ("auto", "required"),
-            calls_only=self.tool_choice in ("required", "named"),
+            finish_with_tool_calls=self.tool_choice in (ToolChoice.AUTO, ToolChoice.REQUIRED),
+            calls_only=self.tool_choice in (ToolChoice.REQUIRED, ToolChoice.NAMED),
         )
 
 
-def parse_tools(proto_tools: Sequence[generation_pb2.Tool]) -> list[_Tool]:
+def parse_tools(proto_tools: Sequence[generation_pb2.Tool]) -> list[Tool]:
     """Validated tools (the `tools` field of a Generate or Tokenize request)."""
     if len(proto_tools) > MAX_TOOLS:
         raise InvalidRequest(f"At most {MAX_TOOLS} tools are supported.", field="tools")
-    tools: list[_Tool] = []
+    tools: list[Tool] = []
     names: set[str] = set()
     for i, tool in enumerate(proto_tools):
         if tool.type not in ("", "function"):
@@ -96,12 +90,12 @@ def parse_tools(proto_tools: Sequence[generation_pb2.Tool]) -> list[_Tool]:
         if tool.function.description:
             function["description"] = tool.function.description
         function["parameters"] = parameters
-        tools.append(_Tool(ToolSchema(name, parameters), {"type": "function", "function": function}))
+        tools.append(Tool(ToolSchema(name, parameters), {"type": "function", "function": function}))
     return tools
 
 
-def _tool_choice(request: generation_pb2.GenerateRequest, tools: list[_Tool]) -> tuple[str, list[_Tool]]:
-    """(mode, the tools a call may use)."""
+def _tool_choice(request: generation_pb2.GenerateRequest, tools: list[Tool]) -> tuple[ToolChoice, list[Tool]]:
+    """(the choice, the tools a call may use)."""
     choice = request.tool_choice
     kind = choice.WhichOneof("choice")
     if kind == "function_name":
@@ -111,17 +105,17 @@ def _tool_choice(request: generation_pb2.GenerateRequest, tools: list[_Tool]) ->
                 f"tool_choice names the function {choice.function_name!r}, which is not in tools.",
                 field="tool_choice.function_name",
             )
-        return "named", named
+        return ToolChoice.NAMED, named
     mode = choice.mode if kind == "mode" else generation_pb2.TOOL_CHOICE_MODE_UNSPECIFIED
     if mode == generation_pb2.TOOL_CHOICE_MODE_NONE:
-        return "none", []
+        return ToolChoice.NONE, []
     if mode == generation_pb2.TOOL_CHOICE_MODE_REQUIRED:
         if not tools:
             raise InvalidRequest("tool_choice 'required' needs tools.", field="tool_choice")
-        return "required", tools
+        return ToolChoice.REQUIRED, tools
     if mode not in (generation_pb2.TOOL_CHOICE_MODE_UNSPECIFIED, generation_pb2.TOOL_CHOICE_MODE_AUTO):
         raise InvalidRequest(f"Unknown tool_choice mode {mode}.", field="tool_choice.mode")
-    return ("auto", tools) if tools else ("none", [])
+    return (ToolChoice.AUTO, tools) if tools else (ToolChoice.NONE, [])
 
 
 def _structured(request: generation_pb2.GenerateRequest) -> tuple[str, Any] | None:
@@ -140,8 +134,29 @@ def _structured(request: generation_pb2.GenerateRequest) -> tuple[str, Any] | No
     return kind, getattr(output, kind)
 
 
+def _response_schema(compiler: ConstraintCompiler, structured: tuple[str, Any], field_name: str) -> dict[str, Any]:
+    """The JSON schema a tool_choice auto turn may answer with instead of calls."""
+    kind, value = structured
+    if kind not in _JSON_KINDS:
+        raise InvalidRequest(
+            f"structured_output {kind} cannot be combined with tool_choice auto (json_object and json_schema can).",
+            field=field_name,
+        )
+    schema = {"type": "object"} if kind == "json_object" else value
+    if schema is True:
+        schema = {}
+    if not isinstance(schema, dict):
+        raise GrammarError("A JSON schema must be a JSON object (or true).")
+    compiler.json_schema(schema)  # its own errors first
+    return schema
+
+
 def _compile(
-    compiler: ConstraintCompiler, structured: tuple[str, Any] | None, mode: str, tools: list[_Tool], parallel: bool
+    compiler: ConstraintCompiler,
+    structured: tuple[str, Any] | None,
+    choice: ToolChoice,
+    tools: list[Tool],
+    parallel: bool,
 ) -> ConstraintFactory | None:
     """The constraint (runs llguidance: call it off the event loop). GrammarError → InvalidRequest."""
     for i, tool in enumerate(tools):
@@ -155,25 +170,11 @@ def _compile(
     field_name = f"structured_output.{structured[0]}" if structured else "structured_output"
     try:
         schemas = [tool.schema for tool in tools]
-        if mode in ("required", "named"):
-            return compiler.tool_calls(schemas, mode, parallel=parallel and mode == "required")  # type: ignore[arg-type]
-        if mode == "auto":
-            response_schema = None
-            if structured is not None:
-                kind, value = structured
-                if kind not in ("json_object", "json_schema"):
-                    raise InvalidRequest(
-                        f"structured_output {kind} cannot be combined with tool_choice auto "
-                        "(json_object and json_schema can).",
-                        field=field_name,
-                    )
-                response_schema = {"type": "object"} if kind == "json_object" else value
-                if response_schema is True:
-                    response_schema = {}
-                if not isinstance(response_schema, dict):
-                    raise GrammarError("A JSON schema must be a JSON object (or true).")
-                compiler.json_schema(response_schema)  # its own errors first
-            return compiler.tool_calls(schemas, "auto", parallel=parallel, response_schema=response_schema)
+        if choice in (ToolChoice.REQUIRED, ToolChoice.NAMED):
+            return compiler.tool_calls(schemas, choice, parallel=parallel and choice is ToolChoice.REQUIRED)
+        if choice is ToolChoice.AUTO:
+            response_schema = None if structured is None else _response_schema(compiler, structured, field_name)
+            return compiler.tool_calls(schemas, choice, parallel=parallel, response_schema=response_schema)
         if structured is None:
             return None
         kind, value = structured
@@ -189,73 +190,26 @@ def _compile(
         raise InvalidRequest(f"Invalid {field_name.replace('structured_output.', '')}: {error}", field=field_name) from None
 
 
+def _compiler(model: GenerationModel) -> ConstraintCompiler:
+    if model.constraints is None:
+        raise WrongModelKind(f"Model {model.card.model_id!r} does not support constrained decoding.")
+    return model.constraints
+
+
 async def output_plan(request: generation_pb2.GenerateRequest, model: GenerationModel) -> OutputPlan:
     """Validates structured_output, tools and tool_choice and compiles the constraint (in a
     thread: a new grammar takes milliseconds, a model's first one about a second)."""
     tools = parse_tools(request.tools)
-    mode, callable_tools = _tool_choice(request, tools)
-    if mode != "none" and request.WhichOneof("prompt") != "chat":
+    choice, callable_tools = _tool_choice(request, tools)
+    if choice is not ToolChoice.NONE and request.WhichOneof("prompt") != "chat":
         raise InvalidRequest("Tools need a chat prompt.", field="tools")
     structured = _structured(request)
-    if mode == "none" and structured is None:
+    if choice is ToolChoice.NONE and structured is None:
         return OutputPlan()
     parallel = request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True
-    compiler = compiler_for(model)
-    constraint = await asyncio.to_thread(_compile, compiler, structured, mode, callable_tools, parallel)
+    constraint = await asyncio.to_thread(_compile, _compiler(model), structured, choice, callable_tools, parallel)
     return OutputPlan(
         constraint=constraint,
-        prompt_tools=[tool.prompt for tool in tools] if mode != "none" else None,
-        tool_choice=mode,
+        prompt_tools=[tool.prompt for tool in tools] if choice is not ToolChoice.NONE else None,
+        tool_choice=choice,
     )
-
-
-@dataclass
-class ToolCallReader:
-    """Turns a request's engine updates into content and tool-call deltas, one parser per sequence."""
-
-    finish_with_tool_calls: bool
-    # The grammar lets the model write tool calls only: text outside them is markup of a call cut
-    # short (max tokens), never content.
-    calls_only: bool = False
-    _parsers: dict[int, ToolCallParser] = field(default_factory=dict)
-
-    def read(self, update: SequenceUpdate) -> tuple[SequenceUpdate, list[generation_pb2.ToolCallDelta], bool]:
-        """(the update with only content as text, its tool-call deltas, whether the sequence
-        finished after calling tools under auto / required)."""
-        parser = self._parsers.setdefault(update.index, ToolCallParser())
-        content, deltas = parser.feed(update.text)
-        if update.finish is not None:
-            more_content, more_deltas = parser.finish()
-            content, deltas = content + more_content, deltas + more_deltas
-        if self.calls_only:
-            content = ""
-        messages = [
-            generation_pb2.ToolCallDelta(
-                index=delta.index,
-                id=delta.id,
-                type="function" if delta.first else "",
-                function=generation_pb2.FunctionCall(name=delta.name, arguments=delta.arguments),
-            )
-            for delta in deltas
-        ]
-        finished_with_calls = (
-            self.finish_with_tool_calls
-            and update.finish is not None
-            and update.finish.reason == FinishReason.STOP
-            and parser.calls > 0
-        )
-        return replace(update, text=content), messages, finished_with_calls
-
-
-def merge_tool_call_deltas(
-    calls: list[generation_pb2.ToolCall], deltas: list[generation_pb2.ToolCallDelta]
-) -> None:
-    """Adds deltas to the complete calls of a Sequence (a unary Generate)."""
-    for delta in deltas:
-        while len(calls) <= delta.index:
-            calls.add(type="function")  # type: ignore[attr-defined]
-        call = calls[delta.index]
-        if delta.id:
-            call.id, call.type = delta.id, delta.type or "function"
-            call.function.name = delta.function.name
-        call.function.arguments += delta.function.arguments

@@ -7,9 +7,10 @@ import jsonschema
 import pytest
 import torch
 
-from service.engine.constraints import (
+from service.structured.grammar import (
     ConstraintCompiler,
     GrammarError,
+    ToolChoice,
     ToolSchema,
     tool_call_grammar,
     tool_call_schema,
@@ -50,8 +51,9 @@ PERSON = {
 
 
 @pytest.fixture(scope="module")
-def compiler(generation_model):
-    return ConstraintCompiler(generation_model.tokenizer, generation_model.vocab_size, generation_model.card.eos_token_ids)
+def compiler(tokenizer):
+    """The default model's compiler, from its tokenizer alone (its logits are len(tokenizer) wide)."""
+    return ConstraintCompiler(tokenizer, 0, [tokenizer.eos_token_id])
 
 
 def _allowed(constraint, words: int) -> set[int]:
@@ -120,7 +122,7 @@ def test_compiled_grammars_are_cached_and_each_sequence_gets_a_fresh_state(compi
         (lambda c: c.regex("(ab"), "unclosed group"),
         (lambda c: c.grammar("start: missing_rule"), "unknown name"),
         (lambda c: c.choice([]), "at least one option"),
-        (lambda c: c.tool_calls([ToolSchema("f", {"type": 5})], "auto"), "Tool 'f'"),
+        (lambda c: c.tool_calls([ToolSchema("f", {"type": 5})], ToolChoice.AUTO), "Tool 'f'"),
     ],
 )
 def test_invalid_schemas_and_grammars_raise_grammar_error(compiler, build, message):
@@ -146,18 +148,18 @@ def test_tool_call_schema_puts_the_name_first_and_rebases_refs():
 
 
 def test_required_tool_calls(compiler, tokenizer):
-    factory = compiler.tool_calls([WEATHER, TIME], "required")
+    factory = compiler.tool_calls([WEATHER, TIME], ToolChoice.REQUIRED)
     call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>'
     _walk(compiler, tokenizer, factory, call + "\n" + call.replace("Paris", "Rome"), eos=True)
     assert _refused(compiler, tokenizer, factory, "Sure")  # no text first
     assert _refused(compiler, tokenizer, factory, call.replace("celsius", "kelvin"))  # $ref resolved
     assert _refused(compiler, tokenizer, factory, call.replace("get_weather", "get_wether"))
-    single = compiler.tool_calls([WEATHER, TIME], "required", parallel=False)
+    single = compiler.tool_calls([WEATHER, TIME], ToolChoice.REQUIRED, parallel=False)
     assert _walk(compiler, tokenizer, single, call).is_terminated()
 
 
 def test_named_tool_call_allows_that_function_only(compiler, tokenizer):
-    factory = compiler.tool_calls([TIME], "named", parallel=False)
+    factory = compiler.tool_calls([TIME], ToolChoice.NAMED, parallel=False)
     done = _walk(compiler, tokenizer, factory, '<tool_call>\n{"name": "get_time", "arguments": {"tz": "UTC"}}\n</tool_call>')
     assert done.is_terminated()
     assert _refused(compiler, tokenizer, factory, '<tool_call>\n{"name": "get_weather"')
@@ -165,14 +167,15 @@ def test_named_tool_call_allows_that_function_only(compiler, tokenizer):
 
 
 def test_auto_allows_text_and_checks_calls_once_started(compiler, tokenizer):
-    factory = compiler.tool_calls([WEATHER, TIME], "auto")
+    factory = compiler.tool_calls([WEATHER, TIME], ToolChoice.AUTO)
     _walk(compiler, tokenizer, factory, "Hello! No tools needed { here }.", eos=True)
     _walk(compiler, tokenizer, factory, 'Let me look.<tool_call>\n{"name": "get_time", "arguments": {"tz": "UTC"}}\n</tool_call>', eos=True)
     assert _refused(compiler, tokenizer, factory, 'Let me look.<tool_call>\n{"name": "get_time", "arguments": {"tz": 5}}')
-    with_json = compiler.tool_calls([TIME], "auto", response_schema={"type": "object", "properties": {"a": {"type": "integer"}}})
+    with_json = compiler.tool_calls([TIME], ToolChoice.AUTO, response_schema={"type": "object", "properties": {"a": {"type": "integer"}}})
     assert _walk(compiler, tokenizer, with_json, '{"a": 1}').is_terminated()
     assert _refused(compiler, tokenizer, with_json, "plain text")
-    assert "lazy" in tool_call_grammar([TIME], "auto") and "lazy" not in tool_call_grammar([TIME], "required")
+    assert "lazy" in tool_call_grammar([TIME], ToolChoice.AUTO)
+    assert "lazy" not in tool_call_grammar([TIME], ToolChoice.REQUIRED)
 
 
 def test_a_rejected_token_terminates_instead_of_looping(compiler, tokenizer):

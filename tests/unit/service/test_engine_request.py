@@ -2,20 +2,28 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
 from service.errors import ContextLengthExceeded, InvalidRequest
 from service.servicers import prompt_input
-from service.servicers.generation_request import build_generation_request
+from service.servicers.engine_request import build_engine_request
 from tokenwire.v1 import generation_pb2
 
 
-def _build(generation_model, **fields) -> None:
+@pytest.fixture(scope="module")
+def model(tokenizer) -> SimpleNamespace:
+    """Just what build_engine_request reads of the default GenerationModel: its tokenizer, its
+    context length and its sampling defaults (none that these tests leave unset)."""
+    return SimpleNamespace(tokenizer=tokenizer, card=SimpleNamespace(context_length=8192), sampling_defaults={})
+
+
+def _build(model, **fields) -> None:
     request = generation_pb2.GenerateRequest(
         stopping=generation_pb2.StoppingCriteria(max_new_tokens=2), **{"text": "hi", **fields}
     )
-    build_generation_request(request, generation_model, "test")
+    build_engine_request(request, model, "test")
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
@@ -30,22 +38,22 @@ def _build(generation_model, **fields) -> None:
         ("penalties", "repetition_penalty"),
     ],
 )
-def test_non_finite_sampling_values_are_refused(generation_model, group, name, value):
+def test_non_finite_sampling_values_are_refused(model, group, name, value):
     message = {"sampling": generation_pb2.SamplingParams, "penalties": generation_pb2.PenaltyParams}[group]
     with pytest.raises(InvalidRequest) as caught:
-        _build(generation_model, **{group: message(**{name: value})})
+        _build(model, **{group: message(**{name: value})})
     assert caught.value.field == f"{group}.{name}"
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
-def test_non_finite_logit_bias_is_refused(generation_model, value):
+def test_non_finite_logit_bias_is_refused(model, value):
     with pytest.raises(InvalidRequest) as caught:
-        _build(generation_model, penalties=generation_pb2.PenaltyParams(logit_bias={5: value}))
+        _build(model, penalties=generation_pb2.PenaltyParams(logit_bias={5: value}))
     assert caught.value.field == "penalties.logit_bias"
 
 
 @pytest.mark.parametrize("kind", ["text", "chat"])
-def test_a_prompt_that_cannot_fit_is_refused_before_tokenizing(generation_model, monkeypatch, kind):
+def test_a_prompt_that_cannot_fit_is_refused_before_tokenizing(model, monkeypatch, kind):
     def tokenize(*args: object, **kwargs: object) -> list[int]:
         raise AssertionError("tokenized")
 
@@ -54,13 +62,13 @@ def test_a_prompt_that_cannot_fit_is_refused_before_tokenizing(generation_model,
     chat = generation_pb2.ChatPrompt(messages=[generation_pb2.ChatMessage(role="user", content=huge)])
     request = generation_pb2.GenerateRequest(**({"text": huge} if kind == "text" else {"chat": chat}))
     with pytest.raises(ContextLengthExceeded) as caught:
-        build_generation_request(request, generation_model, "test")
+        build_engine_request(request, model, "test")
     assert caught.value.field == "prompt" and "at least" in caught.value.message
 
 
-def test_a_prompt_the_bound_cannot_refuse_is_counted_exactly(generation_model):
+def test_a_prompt_the_bound_cannot_refuse_is_counted_exactly(model):
     # 10001 tokens, more than the 8192 of the context, but far fewer characters than the bound needs.
     with pytest.raises(ContextLengthExceeded) as caught:
-        _build(generation_model, text="x " * 10_000)
+        _build(model, text="x " * 10_000)
     assert "your prompt is 10001 tokens long" in caught.value.message
-    _build(generation_model, text="x " * 4_000)  # fits
+    _build(model, text="x " * 4_000)  # fits

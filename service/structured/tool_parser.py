@@ -1,89 +1,19 @@
-"""Tool calls in chat prompts and in generated text.
+"""The generated text of a chat turn with tools, split into content and tool calls as it streams.
 
-Chat templates that know tools (they use `tools` and `tool_calls`) get the tools and the history
-as they are. For a template without tool support (SmolLM2's, for one) the Hermes / Qwen
-convention is written into the messages instead:
-- the tool definitions go into the system message, with the instruction to answer a call as
-  <tool_call>\\n{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call>;
-- an assistant turn's `tool_calls` become such blocks after its content;
-- consecutive `tool` messages become one user turn of <tool_response>…</tool_response> blocks.
-
-`ToolCallParser` reads the generated text as it streams and separates the content from the
-calls, which it reports as OpenAI-style deltas: the first delta of a call carries its id and
-name (arguments "" or a first fragment), later deltas only fragments of the arguments text.
+`ToolCallParser` reports the calls as OpenAI-style deltas: the first delta of a call carries its
+id and name (arguments "" or a first fragment), later deltas only fragments of the arguments
+text. Calls are read in the HERMES format (tool_format.py).
 """
 from __future__ import annotations
 
 import json
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
-OPEN_TAG, CLOSE_TAG = "<tool_call>", "</tool_call>"
-
-_SYSTEM_INSTRUCTIONS = """# Tools
-
-You may call one or more functions to assist with the user query.
-
-You are provided with function signatures within <tools></tools> XML tags:
-<tools>
-{tools}
-</tools>
-
-For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
-<tool_call>
-{{"name": <function-name>, "arguments": <args-json-object>}}
-</tool_call>"""
-
-
-def template_supports_tools(template: str | None) -> bool:
-    """Whether the chat template renders tools and tool calls itself."""
-    return bool(template) and "tools" in template and "tool_calls" in template  # type: ignore[operator]
-
-
-def _call_block(call: dict[str, Any]) -> str:
-    function = call.get("function", {})
-    arguments = function.get("arguments", {})
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            pass
-    return f"{OPEN_TAG}\n{json.dumps({'name': function.get('name', ''), 'arguments': arguments}, ensure_ascii=False)}\n{CLOSE_TAG}"
-
-
-def hermes_messages(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """`messages` with tools, tool calls and tool results written out as text (Hermes style),
-    for a chat template that knows none of them."""
-    out: list[dict[str, Any]] = []
-    if tools:
-        instructions = _SYSTEM_INSTRUCTIONS.format(tools="\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools))
-        if messages and messages[0].get("role") == "system":
-            system = messages[0].get("content") or ""
-            out.append({**messages[0], "content": f"{system}\n\n{instructions}" if system else instructions})
-            messages = messages[1:]
-        else:
-            out.append({"role": "system", "content": instructions})
-    for message in messages:
-        role = message.get("role")
-        if role == "assistant" and message.get("tool_calls"):
-            blocks = [_call_block(call) for call in message["tool_calls"]]
-            content = message.get("content") or ""
-            text = "\n".join([content, *blocks] if content else blocks)
-            out.append({k: v for k, v in message.items() if k != "tool_calls"} | {"content": text})
-        elif role == "tool":
-            block = f"<tool_response>\n{message.get('content') or ''}\n</tool_response>"
-            if out and out[-1].get("role") == "user" and out[-1].get("_tool_responses"):
-                out[-1]["content"] += "\n" + block
-            else:
-                out.append({"role": "user", "content": block, "_tool_responses": True})
-        else:
-            out.append(dict(message))
-    for message in out:
-        message.pop("_tool_responses", None)
-    return out
+from service.structured.tool_format import HERMES
 
 
 def new_call_id() -> str:
@@ -91,7 +21,7 @@ def new_call_id() -> str:
 
 
 @dataclass
-class ToolCallDelta:
+class ParsedCallDelta:
     """A piece of a tool call: the first one of a call has `id` and `name` set."""
 
     index: int
@@ -104,24 +34,9 @@ class ToolCallDelta:
         return bool(self.id)
 
 
-@dataclass
-class ToolCall:
-    id: str
-    name: str
-    arguments: str
-
-
-def merge_deltas(deltas: Sequence[ToolCallDelta]) -> list[ToolCall]:
-    """Whole calls from their deltas, in index order."""
-    calls: dict[int, ToolCall] = {}
-    for delta in deltas:
-        call = calls.setdefault(delta.index, ToolCall("", "", ""))
-        call.id = call.id or delta.id
-        call.name = call.name or delta.name
-        call.arguments += delta.arguments
-    return [calls[i] for i in sorted(calls)]
-
-
+# What the parser is reading: content, a call's opening (up to its name), its arguments, the rest
+# of a call until its closing tag, or a call read whole at its closing tag (arguments first).
+_State = Literal["content", "header", "arguments", "after", "whole"]
 _STRING = r'"((?:[^"\\]|\\.)*)"'
 # The start of a call whose name comes before its arguments: {"name": "f", "arguments": …
 _HEADER = re.compile(r'\s*\{\s*"name"\s*:\s*' + _STRING + r'\s*,\s*"(?:arguments|parameters)"\s*:\s*')
@@ -182,7 +97,7 @@ class _ArgumentScanner:
 
 @dataclass
 class ToolCallParser:
-    """Splits streamed text into content and tool calls (<tool_call>{…}</tool_call> blocks).
+    """Splits streamed text into content and tool calls (HERMES blocks: open tag, JSON, close tag).
 
     feed() takes the next piece of text and returns (content, deltas) that are safe to send;
     finish() returns what was held back. Text that might still turn into a tag, and whitespace
@@ -193,27 +108,27 @@ class ToolCallParser:
 
     new_id: Callable[[], str] = new_call_id
     calls: int = 0
-    _state: str = "content"  # content | header | arguments | after | whole
+    _state: _State = "content"
     _buffer: str = ""
     _scanner: _ArgumentScanner = field(default_factory=_ArgumentScanner)
     _pending_ws: str = ""  # content whitespace held back
     _arguments_ws: str = ""  # arguments whitespace held back
     _arguments_begun: bool = False
-    _dropped_ws: str = ""  # whitespace before the last <tool_call>
+    _dropped_ws: str = ""  # whitespace before the last opening tag
     _after_call: bool = False
 
-    def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
+    def feed(self, text: str) -> tuple[str, list[ParsedCallDelta]]:
         self._buffer += text
         content: list[str] = []
-        deltas: list[ToolCallDelta] = []
+        deltas: list[ParsedCallDelta] = []
         while True:
             progressed = getattr(self, f"_step_{self._state}")(content, deltas, final=False)
             if not progressed:
                 return "".join(content), deltas
 
-    def finish(self) -> tuple[str, list[ToolCallDelta]]:
+    def finish(self) -> tuple[str, list[ParsedCallDelta]]:
         content: list[str] = []
-        deltas: list[ToolCallDelta] = []
+        deltas: list[ParsedCallDelta] = []
         while getattr(self, f"_step_{self._state}")(content, deltas, final=True):
             pass
         return "".join(content), deltas
@@ -234,25 +149,25 @@ class ToolCallParser:
             content.append(self._pending_ws)
             self._pending_ws = ""
 
-    def _step_content(self, content: list[str], deltas: list[ToolCallDelta], final: bool) -> bool:
-        at = self._buffer.find(OPEN_TAG)
+    def _step_content(self, content: list[str], deltas: list[ParsedCallDelta], final: bool) -> bool:
+        at = self._buffer.find(HERMES.open_tag)
         if at >= 0:
             self._emit_content(content, self._buffer[:at], final=False)
             # Whitespace before a call is no content (unless the call proves to be no call).
             self._dropped_ws, self._pending_ws = self._pending_ws, ""
-            self._buffer = self._buffer[at + len(OPEN_TAG) :]
+            self._buffer = self._buffer[at + len(HERMES.open_tag) :]
             self._state = "header"
             return True
-        keep = 0 if final else _held_prefix(self._buffer, OPEN_TAG)
+        keep = 0 if final else _held_prefix(self._buffer, HERMES.open_tag)
         self._emit_content(content, self._buffer[: len(self._buffer) - keep], final)
         self._buffer = self._buffer[len(self._buffer) - keep :]
         return False
 
-    def _start_call(self, deltas: list[ToolCallDelta], name: str, arguments: str = "") -> None:
-        deltas.append(ToolCallDelta(self.calls, id=self.new_id(), name=name, arguments=arguments))
+    def _start_call(self, deltas: list[ParsedCallDelta], name: str, arguments: str = "") -> None:
+        deltas.append(ParsedCallDelta(self.calls, id=self.new_id(), name=name, arguments=arguments))
         self.calls += 1
 
-    def _step_header(self, content: list[str], deltas: list[ToolCallDelta], final: bool) -> bool:
+    def _step_header(self, content: list[str], deltas: list[ParsedCallDelta], final: bool) -> bool:
         header = _HEADER.match(self._buffer)
         if header:
             self._start_call(deltas, _unescape(header.group(1)))
@@ -265,7 +180,7 @@ class ToolCallParser:
         if (
             (first and _unescape(first.group(1)) != "name")
             or (second and _unescape(second.group(2)) not in ("arguments", "parameters"))
-            or CLOSE_TAG in self._buffer
+            or HERMES.close_tag in self._buffer
             or not re.match(r"\s*(\{|$)", self._buffer)
         ):
             self._state = "whole"
@@ -277,7 +192,7 @@ class ToolCallParser:
             self._buffer = ""
         return False
 
-    def _step_arguments(self, content: list[str], deltas: list[ToolCallDelta], final: bool) -> bool:
+    def _step_arguments(self, content: list[str], deltas: list[ParsedCallDelta], final: bool) -> bool:
         end = self._scanner.scan(self._buffer)
         piece = self._buffer if end is None else self._buffer[:end]
         self._buffer = "" if end is None else self._buffer[end:]
@@ -292,34 +207,34 @@ class ToolCallParser:
             if last is not None and last.first and last.index == self.calls - 1 and not last.arguments:
                 last.arguments = body
             else:
-                deltas.append(ToolCallDelta(self.calls - 1, arguments=body))
+                deltas.append(ParsedCallDelta(self.calls - 1, arguments=body))
         if end is None:
             return False
         self._state = "after"
         return True
 
-    def _step_after(self, content: list[str], deltas: list[ToolCallDelta], final: bool) -> bool:
-        at = self._buffer.find(CLOSE_TAG)
+    def _step_after(self, content: list[str], deltas: list[ParsedCallDelta], final: bool) -> bool:
+        at = self._buffer.find(HERMES.close_tag)
         if at < 0:
             if final:
                 self._buffer = ""
             return False
-        self._buffer = self._buffer[at + len(CLOSE_TAG) :]
+        self._buffer = self._buffer[at + len(HERMES.close_tag) :]
         self._state = "content"
         self._after_call = True
         return True
 
-    def _step_whole(self, content: list[str], deltas: list[ToolCallDelta], final: bool) -> bool:
-        at = self._buffer.find(CLOSE_TAG)
+    def _step_whole(self, content: list[str], deltas: list[ParsedCallDelta], final: bool) -> bool:
+        at = self._buffer.find(HERMES.close_tag)
         if at < 0 and not final:
             return False
         raw = self._buffer if at < 0 else self._buffer[:at]
-        self._buffer = "" if at < 0 else self._buffer[at + len(CLOSE_TAG) :]
+        self._buffer = "" if at < 0 else self._buffer[at + len(HERMES.close_tag) :]
         self._state = "content"
         call = _parse_call(raw)
         if call is None:  # not a call after all: the model's text, markup included
             self._pending_ws += self._dropped_ws
-            self._emit_content(content, OPEN_TAG + raw + ("" if at < 0 else CLOSE_TAG), final)
+            self._emit_content(content, HERMES.open_tag + raw + ("" if at < 0 else HERMES.close_tag), final)
         else:
             self._start_call(deltas, *call)
             self._after_call = True

@@ -1,47 +1,32 @@
-"""Constrained decoding (structured output, tool calls) with llguidance.
+"""Grammars for constrained decoding (structured output, tool calls), with llguidance.
 
 `ConstraintCompiler` turns a JSON schema, "any JSON object", a regex, a list of choices, a Lark
 grammar or a set of tool schemas into a *factory*: a zero-argument callable that returns a fresh
-`GrammarConstraint` (the `TokenConstraint` of one sequence). Compiled grammars are cached per
-grammar text, and a factory only deep-copies the compiled matcher (under a microsecond), so the
-n sequences of a request and later requests with the same schema pay the compilation once.
+`GrammarConstraint` (the engine's TokenConstraint for one sequence). Compiled grammars are cached
+per grammar text, and a factory only deep-copies the compiled matcher (under a microsecond), so
+the n sequences of a request and later requests with the same schema pay the compilation once.
 
 JSON is generated on one line, with ", " and ": " as separators and no other whitespace (no
 newlines, no indentation), so a small model cannot loop emitting whitespace inside a JSON value;
 strings and arrays can still run long, and max_new_tokens bounds every generation.
 
-Why llguidance rather than xgrammar. Measured on this project's 2-core CPU machine with the
-SmolLM2-135M tokenizer (vocabulary 49152), for a 6-property schema (string, bounded integer,
-enum, string array, nested object) and for "any JSON object", over 20 random walks through the
-grammar (about 4000-6000 masks each):
-
-    |                                   | llguidance 1.9.1 | xgrammar 0.2.8  |
-    |-----------------------------------|------------------|-----------------|
-    | tokenizer setup (once per model)  | 0.6-1.0 s        | 0.22-0.25 s     |
-    | schema compile                    | 6-17 ms          | 8-17 ms         |
-    | "any JSON object" compile         | 60-75 ms         | 6-16 ms         |
-    | mask, schema: mean / p50 / p99    | 190 / 76 / 3500 us | 99 / 46 / 108 us |
-    | mask, any object: mean / p50 / p99 | 140 / 77 / 2150 us | 76 / 40 / 99 us |
-    | install                           | 3 MB wheel, no dependencies | 1.3 MB + apache-tvm-ffi + triton (286 MB) |
-
-Both are far below one decode step of the 135M model on CPU: in the engine, greedy decoding ran
-at 54-58 ms/token unconstrained and 54-61 ms/token under a free-text llguidance grammar (within
-the noise of a shared machine). So the mask cost does not decide. llguidance wins on what
-does: no dependencies (xgrammar pulls triton, 286 MB of GPU compiler, into a CPU install), Lark
-grammars with inline `%json` schemas and lazy lexemes (free text that switches to a
-schema-checked tool call at `<tool_call>`), and regexes / choices / raw grammars through the
-same API. xgrammar is the faster of the two per mask; should masks ever matter (a large batch of
-constrained rows on a GPU), it could sit behind the same ConstraintCompiler interface.
+Why llguidance and not xgrammar: BENCHMARKS.md, "Constrained decoding". In short, masks cost far
+less than a decode step with either; llguidance has no dependencies (xgrammar pulls triton into a
+CPU install) and Lark grammars with inline `%json` schemas and lazy lexemes (free text that
+switches to a schema-checked tool call at the format's opening tag).
 """
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
+
+from service.structured.tool_format import HERMES
 
 if TYPE_CHECKING:
     import llguidance
@@ -53,7 +38,14 @@ log = logging.getLogger(__name__)
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 CACHE_SIZE = 256
 
-ToolChoiceMode = Literal["auto", "required", "named"]
+
+class ToolChoice(enum.Enum):
+    """What a chat turn with tools may answer."""
+
+    NONE = "none"  # text only; the tools are not shown
+    AUTO = "auto"  # text, or calls
+    REQUIRED = "required"  # one or more calls
+    NAMED = "named"  # one call of the one function named
 
 
 class GrammarError(ValueError):
@@ -66,21 +58,6 @@ class ToolSchema:
 
     name: str
     parameters: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ToolCallFormat:
-    """How a tool call is written: `open` + {"name": …, "arguments": {…}} + `close`; calls are
-    separated by `separator`. The default is the Hermes / Qwen convention."""
-
-    open: str = "<tool_call>\n"
-    close: str = "\n</tool_call>"
-    separator: str = "\n"
-    # The text whose appearance switches free text (tool_choice auto) to a tool call.
-    trigger: str = "<tool_call>"
-
-
-HERMES = ToolCallFormat()
 
 
 class GrammarConstraint:
@@ -163,37 +140,33 @@ def tool_call_schema(tools: Sequence[ToolSchema]) -> dict[str, Any]:
 
 def tool_call_grammar(
     tools: Sequence[ToolSchema],
-    mode: ToolChoiceMode,
+    choice: ToolChoice,
     *,
     parallel: bool = True,
-    fmt: ToolCallFormat = HERMES,
     response_schema: dict[str, Any] | None = None,
 ) -> str:
-    """A Lark grammar for the output of a chat turn with tools.
+    """A Lark grammar for the output of a chat turn with tools, calls written in the HERMES format.
 
-    - required / named: one call (or several when `parallel`), nothing else;
-    - auto: free text in which `fmt.trigger` starts a call checked against the tools' schemas;
-      with `response_schema`, either calls or one JSON value valid against it.
+    - REQUIRED / NAMED: one call (or several when `parallel`), nothing else;
+    - AUTO: free text in which the format's opening tag starts a call checked against the tools'
+      schemas; with `response_schema`, either calls or one JSON value valid against it.
     """
-    if not tools:
+    if not tools or choice is ToolChoice.NONE:
         raise GrammarError("No tools to call.")
-    if not fmt.open.startswith(fmt.trigger):
-        raise ValueError("A tool call format's opening must start with its trigger.")
     arguments = _lark_json(tool_call_schema(tools))
-    calls = f"call ({_lark_literal(fmt.separator)} call)*" if parallel else "call"
-    call = f"{_lark_literal(fmt.open)} {arguments} {_lark_literal(fmt.close)}"
-    if mode in ("required", "named"):
+    calls = f"call ({_lark_literal(HERMES.separator)} call)*" if parallel else "call"
+    call = f"{_lark_literal(HERMES.call_open)} {arguments} {_lark_literal(HERMES.call_close)}"
+    if choice is not ToolChoice.AUTO:
         return f"start: {calls}\ncall: {call}\n"
     if response_schema is not None:
         return f"start: calls | answer\ncalls: {calls}\ncall: {call}\nanswer: {_lark_json(response_schema)}\n"
-    # Free text until the trigger (a lazy lexeme), then a checked call, then free text again.
-    rest = fmt.open[len(fmt.trigger) :]
+    # Free text until the opening tag (a lazy lexeme), then a checked call, then free text again.
     return (
         f"start: call{'*' if parallel else '?'} tail\n"
         "tail: TEXT\n"
         "TEXT: /(.|\\n)*/\n"
-        f"head[lazy]: TEXT {_lark_literal(fmt.trigger)}\n"
-        f"call: head {_lark_literal(rest) if rest else ''} {arguments} {_lark_literal(fmt.close)}\n"
+        f"head[lazy]: TEXT {_lark_literal(HERMES.open_tag)}\n"
+        f"call: head {_lark_literal(HERMES.padding)} {arguments} {_lark_literal(HERMES.call_close)}\n"
     )
 
 
@@ -290,18 +263,17 @@ class ConstraintCompiler:
     def tool_calls(
         self,
         tools: Sequence[ToolSchema],
-        mode: ToolChoiceMode,
+        choice: ToolChoice,
         *,
         parallel: bool = True,
-        fmt: ToolCallFormat = HERMES,
         response_schema: dict[str, Any] | None = None,
     ) -> ConstraintFactory:
-        """Output: tool calls in `fmt` whose arguments validate against the tools' schemas; see
-        tool_call_grammar for the modes."""
+        """Output: tool calls whose arguments validate against the tools' schemas; see
+        tool_call_grammar for the choices."""
         for tool in tools:
             # Each schema alone first (cached too), so that an error names its tool.
             try:
                 self.grammar(json_schema_grammar(tool.parameters))
             except GrammarError as error:
                 raise GrammarError(f"Tool {tool.name!r}: {error}") from None
-        return self.grammar(tool_call_grammar(tools, mode, parallel=parallel, fmt=fmt, response_schema=response_schema))
+        return self.grammar(tool_call_grammar(tools, choice, parallel=parallel, response_schema=response_schema))

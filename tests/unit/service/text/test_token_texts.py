@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from service.engine.types import TokenLogprob
-from service.models.token_texts import TokenTexts
-from service.servicers.generation_request import echoed_prompt
+from service.text.token_texts import TokenTexts
+from service.servicers.engine_request import echoed_prompt
 from service.servicers.generation import token_logprob
 from tokenwire.v1 import common_pb2, generation_pb2
 

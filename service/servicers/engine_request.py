@@ -1,4 +1,4 @@
-"""GenerateRequest (protobuf) → engine GenerationRequest: defaults, ranges, context length.
+"""GenerateRequest (protobuf) → the engine's GenerationRequest: defaults, ranges, context length.
 
 The gRPC API is public, so every range is checked here even though the REST bridge checks the
 OpenAI ones too. Unset optional fields take the model's defaults, never zero.
@@ -8,13 +8,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from service.engine.types import GenerationRequest, SamplingParams, StoppingParams
 from service.engine.engine import kv_cache_exceeded_message
+from service.engine.types import GenerationRequest, SamplingParams, StoppingParams
 from service.errors import ContextLengthExceeded, InvalidRequest, KvCacheExceeded
-from service.models.prompting import min_token_count
 from service.models.registry import GenerationModel
 from service.servicers.prompt_input import generation_prompt_ids
-from service.servicers.structured import OutputPlan
+from service.structured.plan import OutputPlan
+from service.text.encoding import min_token_count
 from tokenwire.v1 import generation_pb2
 
 MAX_N = 128
@@ -144,7 +144,7 @@ def echoed_prompt(request: generation_pb2.GenerateRequest, tokenizer: Any, promp
     return tokenizer.decode(list(prompt_ids), skip_special_tokens=echo_skips_special_tokens(request))
 
 
-def build_generation_request(
+def build_engine_request(
     request: generation_pb2.GenerateRequest,
     model: GenerationModel,
     request_id: str,

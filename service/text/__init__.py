@@ -1,0 +1,1 @@
+"""Text handling: prompts rendered through chat templates and encoded, and each token's text."""
