@@ -3,7 +3,6 @@ handlers, lifespan."""
 from __future__ import annotations
 
 import argparse
-import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -38,9 +37,8 @@ from rest_bridge.store import open_store
 from rest_bridge.tracing import TracingMiddleware
 from rest_bridge.upstream import Upstreams
 from tokenwire import tracing
-
-# A client's id is forwarded as gRPC metadata, which only carries printable ASCII.
-_REQUEST_ID = re.compile(r"[!-~]{1,128}")
+from tokenwire.limits import REQUEST_ID_PATTERN
+from tokenwire.startup import check_can_listen, one_line_errors
 
 
 class RequestIdMiddleware:
@@ -54,7 +52,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = Headers(scope=scope).get("x-request-id", "")
-        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Message) -> None:
@@ -107,7 +105,11 @@ def _middleware(settings: BridgeSettings) -> list[Middleware]:
 
 def create_app(settings: BridgeSettings) -> Starlette:
     upstreams = Upstreams(
-        settings.worker_address, settings.request_timeout, settings.worker_api_key, settings.model_workers
+        settings.worker_address,
+        settings.request_timeout,
+        settings.worker_api_key,
+        settings.model_workers,
+        metadata_timeout=settings.metadata_timeout,
     )
 
     @asynccontextmanager
@@ -146,6 +148,8 @@ def create_app(settings: BridgeSettings) -> Starlette:
 
 def run_bridge(args: argparse.Namespace) -> None:
     settings = BridgeSettings.from_args(args)
+    with one_line_errors("bridge"):
+        check_can_listen(settings.http_host, settings.http_port, f"--http-port {settings.http_port}")
     tracing.configure("tokenwire-bridge", settings.otlp_endpoint)
     # grpc.aio targets the standard asyncio event loop (its uvloop support is experimental).
     uvicorn.run(

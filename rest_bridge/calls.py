@@ -9,7 +9,7 @@ from typing import Any
 from rest_bridge import schemas, translate
 from rest_bridge.errors import rpc_errors
 from rest_bridge.fanout import FanOut, call_starters, responses
-from rest_bridge.upstream import Stubs
+from tokenwire.stubs import WorkerStubs
 from tokenwire.v1 import generation_pb2
 
 Json = dict[str, Any]
@@ -19,7 +19,7 @@ Json = dict[str, Any]
 class Worker:
     """The worker's stubs, and the keyword arguments of every call (deadline, metadata)."""
 
-    stubs: Stubs
+    stubs: WorkerStubs
     options: dict[str, Any]
 
 
@@ -48,7 +48,7 @@ async def generation_answers(
 async def generation_json(
     worker: Worker,
     fmt: translate.GenerationFormat,
-    body: schemas.GenerationRequest,
+    body: schemas.GenerationBody,
     protos: Sequence[generation_pb2.GenerateRequest],
     *,
     interrupted_ok: bool = True,

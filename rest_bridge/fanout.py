@@ -17,10 +17,12 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from rest_bridge.errors import APIError
+from tokenwire.limits import DEFAULT_MAX_RUNNING
 from tokenwire.v1 import generation_pb2
 
-# Calls of one request in flight at most: enough to fill the worker's default batch (16 sequences).
-MAX_CALLS_IN_FLIGHT = 16
+# Calls of one request in flight at most: enough to fill the worker's default batch (its default
+# --max-running).
+MAX_CALLS_IN_FLIGHT = DEFAULT_MAX_RUNNING
 
 Call = TypeVar("Call", bound=grpc.aio.Call)
 Admission = TypeVar("Admission")
@@ -119,7 +121,8 @@ async def responses(fanout: FanOut[grpc.aio.UnaryUnaryCall]) -> list[generation_
 
 
 async def _opened(call: StreamCall) -> generation_pb2.GenerateStreamResponse:
-    """The first message of a stream: the worker has validated and admitted the request."""
+    """The first message of a stream (PromptInfo): the worker has admitted the request to its
+    running batch."""
     first = await call.read()
     if first is grpc.aio.EOF or not first.HasField("prompt_info"):
         raise APIError(502, "The model worker broke the stream protocol (no prompt info).", type="server_error")
@@ -159,8 +162,8 @@ class PromptStreams:
 
     async def admitted(self) -> list[generation_pb2.PromptInfo]:
         """The prompt infos of the prompts started first (one per lane), once the worker has
-        admitted them all: before the first byte of a response, their errors are still plain
-        HTTP answers. Messages read meanwhile wait for `messages`."""
+        admitted them all to its running batch: before the first byte of a response, their errors
+        are still plain HTTP answers. Messages read meanwhile wait for `messages`."""
         infos: dict[int, generation_pb2.PromptInfo] = {}
         while len(infos) < self._fanout.limit:
             item = await self._next()

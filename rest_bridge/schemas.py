@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from rest_bridge.errors import CUSTOM_ERROR_TYPE
+from tokenwire.limits import MAX_INPUTS
 
 _UINT32_MAX = 2**32 - 1
 
@@ -47,8 +48,6 @@ Metadata = Annotated[
 ]
 # A prompt after normalization: text or token ids.
 Prompt = str | list[int]
-# Prompts of one completions request at most, as many as the inputs of one embeddings request.
-MAX_PROMPTS = 2048
 
 
 def request_error(message: str, param: str | None = None) -> PydanticCustomError:
@@ -280,7 +279,7 @@ class SamplingRequest(_Body):
         raise request_error("'stop' must be a string or a list of strings.", "stop")
 
 
-class GenerationRequest(SamplingRequest):
+class GenerationBody(SamplingRequest):
     """The parameters chat and completions share."""
 
     max_tokens: PositiveUInt32 | None = None
@@ -297,7 +296,7 @@ class GenerationRequest(SamplingRequest):
     structured_outputs: StructuredOutputs | None = None
 
     @model_validator(mode="after")
-    def _stream_options_need_stream(self) -> GenerationRequest:
+    def _stream_options_need_stream(self) -> GenerationBody:
         if self.stream_options is not None and not self.stream:
             raise request_error(
                 "The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options"
@@ -305,7 +304,7 @@ class GenerationRequest(SamplingRequest):
         return self
 
     @model_validator(mode="after")
-    def _one_output_constraint(self) -> GenerationRequest:
+    def _one_output_constraint(self) -> GenerationBody:
         given = [constraint.param for constraint in self._output_constraints()]
         if len(given) > 1:
             raise request_error(
@@ -349,7 +348,7 @@ class GenerationRequest(SamplingRequest):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-class ChatCompletionRequest(GenerationRequest):
+class ChatCompletionRequest(GenerationBody):
     messages: list[ChatMessage] = Field(min_length=1)
     add_generation_prompt: bool | None = None
     logprobs: bool | None = None
@@ -409,7 +408,7 @@ class ChatCompletionRequest(GenerationRequest):
         return self
 
 
-class CompletionRequest(GenerationRequest):
+class CompletionRequest(GenerationBody):
     prompt: list[Prompt]
     # The sampled token's logprob plus this many alternatives (the legacy completions shape).
     logprobs: Annotated[Int, Field(ge=0, le=5)] | None = None
@@ -423,8 +422,8 @@ class CompletionRequest(GenerationRequest):
     @classmethod
     def _normalize_prompt(cls, value: Any) -> list[Prompt]:
         prompts = _prompt_list(value, "prompt")
-        if len(prompts) > MAX_PROMPTS:
-            raise request_error(f"'prompt' may hold at most {MAX_PROMPTS} prompts, got {len(prompts)}.", "prompt")
+        if len(prompts) > MAX_INPUTS:
+            raise request_error(f"'prompt' may hold at most {MAX_INPUTS} prompts, got {len(prompts)}.", "prompt")
         return prompts
 
     @model_validator(mode="after")

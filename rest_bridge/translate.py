@@ -95,7 +95,7 @@ def _set_sent(message: Message, values: Mapping[str, Any]) -> None:
             setattr(message, name, value)
 
 
-def _apply_generation_params(body: schemas.GenerationRequest, request: generation_pb2.GenerateRequest) -> None:
+def _apply_generation_params(body: schemas.GenerationBody, request: generation_pb2.GenerateRequest) -> None:
     _set_sent(
         request.sampling,
         {
@@ -205,7 +205,7 @@ def _apply_tools(body: schemas.ChatCompletionRequest, request: generation_pb2.Ge
     _set_sent(request, {"parallel_tool_calls": body.parallel_tool_calls})
 
 
-def _apply_output_constraint(body: schemas.GenerationRequest, request: generation_pb2.GenerateRequest) -> None:
+def _apply_output_constraint(body: schemas.GenerationBody, request: generation_pb2.GenerateRequest) -> None:
     """response_format or one of vLLM's extras (the schema allows one at most)."""
     constraint = body.output_constraint
     if constraint is None:
@@ -226,7 +226,7 @@ STRUCTURED_OUTPUT_FIELDS = tuple(
 )
 
 
-def request_params(fmt: GenerationFormat, body: schemas.GenerationRequest) -> dict[str, str]:
+def request_params(fmt: GenerationFormat, body: schemas.GenerationBody) -> dict[str, str]:
     """`fmt`'s map from proto field paths to OpenAI params, plus the one this request's output
     constraint came in (response_format or one of vLLM's extras)."""
     constraint = body.output_constraint

@@ -14,29 +14,19 @@ import argparse
 import pathlib
 import sys
 
-from grpc_tools import protoc
-
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from gen_proto import PROTO_ROOT, include_dirs, proto_files  # noqa: E402
+from gen_proto import run_protoc  # noqa: E402
 
-STATUS_DETAIL_PROTOS = ["google/rpc/status.proto", "google/rpc/error_details.proto"]
+STATUS_DETAIL_PROTOS = ("google/rpc/status.proto", "google/rpc/error_details.proto")
 
 
 def build_descriptor(out: pathlib.Path) -> pathlib.Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    args = ["protoc", *(f"-I{d}" for d in include_dirs())]
-    args += ["--include_imports", "--include_source_info", f"--descriptor_set_out={out}"]
-    args += [str(p.relative_to(PROTO_ROOT)) for p in proto_files()] + STATUS_DETAIL_PROTOS
-    if protoc.main(args) != 0:
-        sys.exit("protoc failed")
+    run_protoc(["--include_imports", "--include_source_info", f"--descriptor_set_out={out}"], STATUS_DETAIL_PROTOS)
     return out
 
 
-def main() -> None:
+if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=pathlib.Path, required=True, help="descriptor set to write")
     build_descriptor(parser.parse_args().out)
-
-
-if __name__ == "__main__":
-    main()

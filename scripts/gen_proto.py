@@ -29,13 +29,17 @@ def include_dirs() -> list[str]:
     return [str(PROTO_ROOT), str(well_known), str(googleapis_root)]
 
 
-def generate(out_dir: pathlib.Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    args = ["protoc", *(f"-I{d}" for d in include_dirs())]
-    args += [f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}"]
-    args += [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
+def run_protoc(options: list[str], extra_protos: tuple[str, ...] = ()) -> None:
+    """protoc with `options` on our protos (and `extra_protos`, found on the include paths)."""
+    args = ["protoc", *(f"-I{d}" for d in include_dirs()), *options]
+    args += [*(str(p.relative_to(PROTO_ROOT)) for p in proto_files()), *extra_protos]
     if protoc.main(args) != 0:
         sys.exit("protoc failed")
+
+
+def generate(out_dir: pathlib.Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_protoc([f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}"])
     for package_dir in (out_dir / "tokenwire", out_dir / "tokenwire" / "v1"):
         (package_dir / "__init__.py").touch()
 

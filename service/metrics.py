@@ -9,24 +9,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import (
-    GC_COLLECTOR,
-    PLATFORM_COLLECTOR,
-    PROCESS_COLLECTOR,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    start_http_server,
-)
+from prometheus_client import Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.engine.types import GenerationRequest, SequenceUpdate
 from service.models.registry import GenerationModel, ModelRegistry
+from tokenwire.metrics_registry import process_registry
 
-REGISTRY = CollectorRegistry()
-for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-    REGISTRY.register(_collector)
+REGISTRY = process_registry()
 
 # Sequences that ended without a finish reason: client cancel, deadline, engine failure.
 ABORTED = "aborted"
@@ -34,7 +25,7 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 
 PROMPT_TOKENS = Counter(
     "tokenwire_engine_prompt_tokens_total",
-    "Prompt tokens of the generation requests admitted to the engine.",
+    "Prompt tokens of the generation requests submitted to the engine.",
     ["model"],
     registry=REGISTRY,
 )
@@ -53,7 +44,7 @@ SEQUENCES_FINISHED = Counter(
 )
 TIME_TO_FIRST_TOKEN = Histogram(
     "tokenwire_engine_time_to_first_token_seconds",
-    "From a request's admission to the queue to its first generated token.",
+    "From a request's submission to the engine (its queue) to its first generated token.",
     ["model"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,

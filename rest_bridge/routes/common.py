@@ -17,7 +17,9 @@ from rest_bridge.errors import APIError, ClientGone, from_validation_error, rpc_
 from rest_bridge.fanout import PromptStreams, call_starters
 from rest_bridge.sse import EventStreamResponse, generation_events
 from rest_bridge.store import Store
-from rest_bridge.upstream import Stubs, Upstream, Upstreams
+from rest_bridge.upstream import Upstream, Upstreams
+from tokenwire.limits import MAX_MESSAGE_BYTES
+from tokenwire.stubs import WorkerStubs
 from tokenwire.v1 import generation_pb2
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -29,7 +31,8 @@ class Cancellable(Protocol):
     def cancel(self) -> object: ...
 
 
-MAX_BODY_BYTES = 64 * 1024 * 1024
+# A body becomes one gRPC message to the worker.
+MAX_BODY_BYTES = MAX_MESSAGE_BYTES
 
 
 async def _read_body(request: Request) -> bytes:
@@ -75,13 +78,14 @@ def request_id(request: Request) -> str:
 
 
 def stubs_and_options(
-    request: Request, max_timeout: float | None = None, *, model: str | None = None, upstream: Upstream | None = None
-) -> tuple[Stubs, dict[str, Any]]:
+    request: Request, metadata_call: bool = False, *, model: str | None = None, upstream: Upstream | None = None
+) -> tuple[WorkerStubs, dict[str, Any]]:
     """The stubs of the next channel to the worker that serves `model` (or of `upstream`), and
-    the keyword arguments for one call (deadline, request id)."""
+    the keyword arguments for one call (deadline, request id); `metadata_call`: health or model
+    cards, which a worker answers at once."""
     upstreams: Upstreams = request.app.state.upstreams
     pool = upstream or upstreams.for_model(model)
-    return pool.stubs(), pool.call_options(request_id(request), max_timeout)
+    return pool.stubs(), pool.call_options(request_id(request), metadata_call)
 
 
 def worker_calls(request: Request, model: str | None) -> calls.Worker:
@@ -139,11 +143,11 @@ async def until_ready(request: Request, calls: Sequence[Cancellable], work: Awai
 async def generate(
     request: Request,
     fmt: translate.GenerationFormat,
-    body: schemas.GenerationRequest,
+    body: schemas.GenerationBody,
     protos: Sequence[generation_pb2.GenerateRequest],
 ) -> Response:
     """Runs one call per prompt (a few at a time, see fanout.py) and answers in `fmt`: JSON, or SSE
-    once the worker has admitted the prompts started first.
+    once the worker has admitted the prompts started first to its running batch.
 
     Errors before the first stream message of those (validation, context overflow, queue full) are
     still plain JSON answers with their own status, since no byte of the stream has been sent; a

@@ -10,12 +10,12 @@ from starlette.responses import JSONResponse, Response
 
 from rest_bridge.errors import not_serving, rpc_errors
 from rest_bridge.routes.common import stubs_and_options
-from rest_bridge.upstream import METADATA_TIMEOUT_S, Upstream, Upstreams
+from rest_bridge.upstream import Upstream, Upstreams
 from tokenwire.v1 import models_pb2
 
 
 async def _check(request: Request, upstream: Upstream, named: bool) -> None:
-    stubs, options = stubs_and_options(request, METADATA_TIMEOUT_S, upstream=upstream)
+    stubs, options = stubs_and_options(request, metadata_call=True, upstream=upstream)
     worker = f"The model worker at {upstream.address}" if named else "The model worker"
     with rpc_errors({}):
         response = await stubs.health.Check(health_pb2.HealthCheckRequest(service=""), **options)

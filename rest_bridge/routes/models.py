@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from rest_bridge import translate
 from rest_bridge.errors import rpc_errors
 from rest_bridge.routes.common import stubs_and_options
-from rest_bridge.upstream import METADATA_TIMEOUT_S, Upstream, Upstreams
+from rest_bridge.upstream import Upstream, Upstreams
 from tokenwire.v1 import models_pb2
 
 logger = logging.getLogger("rest_bridge")
@@ -18,7 +18,7 @@ logger = logging.getLogger("rest_bridge")
 
 async def _served_models(request: Request, upstream: Upstream) -> list[models_pb2.ModelInfo]:
     """The models whose requests go to `upstream`, among those it serves."""
-    stubs, options = stubs_and_options(request, METADATA_TIMEOUT_S, upstream=upstream)
+    stubs, options = stubs_and_options(request, metadata_call=True, upstream=upstream)
     response = await stubs.models.ListModels(models_pb2.ListModelsRequest(), **options)
     upstreams: Upstreams = request.app.state.upstreams
     return [info for info in response.models if upstreams.for_model(info.id) is upstream]
@@ -43,7 +43,7 @@ async def list_models(request: Request) -> Response:
 
 async def retrieve_model(request: Request) -> Response:
     model_id = request.path_params["model_id"]
-    stubs, options = stubs_and_options(request, METADATA_TIMEOUT_S, model=model_id)
+    stubs, options = stubs_and_options(request, metadata_call=True, model=model_id)
     with rpc_errors(translate.MODELS_PARAMS):
         info = await stubs.models.GetModel(models_pb2.GetModelRequest(id=model_id), **options)
     return JSONResponse(translate.model_card(info))

@@ -6,7 +6,7 @@ import json
 import logging
 import pathlib
 import time
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -14,16 +14,16 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 from service.config import Price, WorkerSettings
 from service.engine import native
 from service.engine.block_pool import chain_root
-from service.engine.constraints import ConstraintCompiler
 from service.engine.embedder import Embedder
 from service.engine.encoder import create_encoder
 from service.engine.engine import GenerationEngine
 from service.engine.quantized import Quantization
 from service.engine.runner import create_runner
 from service.models.hardware import dtype_name, kv_cache_bytes, resolve_device, resolve_dtype, resolve_quantization
-from service.models.packaged import PACKAGED_MODELS
 from service.models.registry import EmbeddingModel, GenerationModel, KvCacheCard, ModelCard, ModelKind
+from service.models.sources import ModelSource, parse_spec
 from service.models.weights import converted_gguf_dir, gguf_weight_bits, weights_version
+from service.structured.grammar import ConstraintCompiler
 
 log = logging.getLogger(__name__)
 
@@ -31,38 +31,20 @@ log = logging.getLogger(__name__)
 _SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    model_id: str
-    path: pathlib.Path
-
-
-def parse_spec(spec: str) -> ModelSource:
-    """`org/name` of a packaged model, `ID=PATH`, or a bare PATH (id = directory or file name)."""
-    if spec in PACKAGED_MODELS:
-        return ModelSource(spec, PACKAGED_MODELS[spec].locate())
-    model_id, sep, path = spec.partition("=")
-    if not sep:
-        path = spec
-        model_id = pathlib.Path(spec).name.removesuffix(".gguf")
-    resolved = pathlib.Path(path).expanduser()
-    if not resolved.exists():
-        raise FileNotFoundError(f"model {spec!r}: {resolved} does not exist")
-    return ModelSource(model_id, resolved)
-
-
-def _prices(settings: WorkerSettings, model_id: str) -> dict[str, float]:
-    """The ModelCard price fields of a model: its --price, else zero."""
-    price = settings.prices.get(model_id, Price())
-    return {
-        "price_input_per_million": price.input_per_million,
-        "price_output_per_million": price.output_per_million,
-    }
-
-
-def _deploy_id(model_id: str, version: str) -> str:
-    """Stable across restarts and replicas serving the same weights."""
-    return hashlib.sha256(f"{model_id}:{version}".encode()).hexdigest()[:16]
+def _card(source: ModelSource, kind: ModelKind, version: str, settings: WorkerSettings, **fields: Any) -> ModelCard:
+    """The card of a model loaded from `source`, with its --price and the `fields` of its kind.
+    The deploy id is stable across restarts and replicas serving the same weights."""
+    price = settings.prices.get(source.model_id, Price())
+    return ModelCard(
+        model_id=source.model_id,
+        kind=kind,
+        version=version,
+        deploy_id=hashlib.sha256(f"{source.model_id}:{version}".encode()).hexdigest()[:16],
+        created=int(time.time()),
+        price_input_per_million=price.input_per_million,
+        price_output_per_million=price.output_per_million,
+        **fields,
+    )
 
 
 def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationModel:
@@ -119,16 +101,14 @@ def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationMode
         source.model_id, kv_cache.blocks, kv_cache.block_size, kv_cache.tokens,
         kv_cache.tokens * kv_cache.bytes_per_token / 2**30, "on" if kv_cache.prefix_caching else "off",
     )
-    card = ModelCard(
-        model_id=source.model_id,
-        kind=ModelKind.GENERATION,
-        version=version,
-        deploy_id=_deploy_id(source.model_id, version),
-        created=int(time.time()),
+    card = _card(
+        source,
+        ModelKind.GENERATION,
+        version,
+        settings,
         context_length=context_length,
         device=str(device),
         dtype=dtype_label,
-        **_prices(settings, source.model_id),
         has_chat_template=bool(tokenizer.chat_template),
         eos_token_ids=tuple(sorted(eos)),
         kernels=kernels,
@@ -156,16 +136,14 @@ def load_embedding_model(spec: str, settings: WorkerSettings) -> EmbeddingModel:
     pooling, normalize, max_length = _sentence_transformers_settings(source.path)
     context_length = max_length or min(tokenizer.model_max_length, model.config.max_position_embeddings)
     version = weights_version(source.path, settings.cache_dir)
-    card = ModelCard(
-        model_id=source.model_id,
-        kind=ModelKind.EMBEDDING,
-        version=version,
-        deploy_id=_deploy_id(source.model_id, version),
-        created=int(time.time()),
+    card = _card(
+        source,
+        ModelKind.EMBEDDING,
+        version,
+        settings,
         context_length=context_length,
         device=str(device),
         dtype=dtype_name(dtype),
-        **_prices(settings, source.model_id),
         embedding_dimension=model.config.hidden_size,
     )
     encoder = create_encoder(model, pooling=pooling, pad_token_id=tokenizer.pad_token_id or 0)

@@ -1,7 +1,6 @@
 """Per-call metadata: the request id the servicers and logs use, and the trailing metadata."""
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -9,11 +8,11 @@ from typing import Any
 
 import grpc
 
+from tokenwire.limits import REQUEST_ID_PATTERN
+
 # Bound per call by the error-mapping interceptor; each call runs in its own asyncio task, whose
 # context the servicer (and the threads it starts with asyncio.to_thread) shares.
 _REQUEST_ID: ContextVar[str] = ContextVar("tokenwire_request_id")
-# As the bridge's: an id echoed in metadata and written to logs is visible ASCII, and short.
-_VALID_ID = re.compile(r"[!-~]{1,128}")
 
 
 def bind_request_id(context: grpc.aio.ServicerContext, request: Any) -> None:
@@ -21,7 +20,7 @@ def bind_request_id(context: grpc.aio.ServicerContext, request: Any) -> None:
     metadata, else a fresh one (also when the id given is not 1 to 128 visible ASCII characters)."""
     given = [getattr(request, "request_id", "")]
     given.extend(str(value) for key, value in context.invocation_metadata() or () if key == "x-request-id")
-    _REQUEST_ID.set(next((value for value in given if _VALID_ID.fullmatch(value)), uuid.uuid4().hex))
+    _REQUEST_ID.set(next((value for value in given if REQUEST_ID_PATTERN.fullmatch(value)), uuid.uuid4().hex))
 
 
 def request_id() -> str:

@@ -23,12 +23,12 @@ from service.errors import (
     Unauthenticated,
     WrongModelKind,
 )
+from service.servicers.interception import ApiInterceptor, Behavior, replace_behavior
 from service.servicers.request_context import bind_request_id, request_id
 
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "tokenwire.v1"
-SERVICE_PREFIX = "/tokenwire.v1."
 
 _CODES: dict[type[TokenwireError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,  # ContextLengthExceeded too
@@ -99,21 +99,14 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., A
     return handler
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(SERVICE_PREFIX):
-            return handler
-        codec = dict(
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), **codec)
-        if handler.unary_stream is not None and inspect.isasyncgenfunction(handler.unary_stream):
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream), **codec)
-        return handler
+def _with_error_mapping(kind: str, behavior: Behavior) -> Behavior | None:
+    if kind == "unary_unary":
+        return _wrap_unary(behavior)
+    if kind == "unary_stream" and inspect.isasyncgenfunction(behavior):
+        return _wrap_stream(behavior)
+    return None
+
+
+class ErrorMappingInterceptor(ApiInterceptor):
+    def wrap(self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        return replace_behavior(handler, _with_error_mapping)

@@ -3,12 +3,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import grpc
 import httpx
 import openai
 import pytest
 
 from tests.conftest import CACHE_DIR
 from tests.servers import free_port, start_bridge, start_worker
+from tokenwire.stubs import WorkerStubs
+from tokenwire.v1 import generation_pb2_grpc
 
 CHAT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -28,6 +31,24 @@ def async_client(bridge_url) -> openai.AsyncOpenAI:
 def http(bridge_url) -> httpx.Client:
     with httpx.Client(base_url=bridge_url, timeout=120) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def worker_channel(worker_address) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(worker_address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def stubs(worker_channel) -> WorkerStubs:
+    """The stubs of the session's worker (no API key)."""
+    return WorkerStubs.on(worker_channel)
+
+
+@pytest.fixture(scope="session")
+def stub(stubs) -> generation_pb2_grpc.GenerationStub:
+    """The session's worker's Generation stub."""
+    return stubs.generation
 
 
 # The secured stack: keys REST clients use; the bridge's key to the worker and a key of some
@@ -72,3 +93,15 @@ def secured(tmp_path_factory) -> Iterator[SecuredStack]:
     yield SecuredStack(url, address, f"http://127.0.0.1:{metrics_port}/metrics")
     bridge.stop()
     worker.stop()
+
+
+@pytest.fixture(scope="session")
+def secured_channel(secured) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(secured.grpc_address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def secured_stubs(secured_channel) -> WorkerStubs:
+    """The stubs of the secured worker; its tokenwire.v1 calls need a key in their metadata."""
+    return WorkerStubs.on(secured_channel)

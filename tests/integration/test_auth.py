@@ -12,34 +12,18 @@ import grpc
 import httpx
 import openai
 import pytest
-from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
+from tests.rich_status import details
 from tests.servers import ServerProcess, free_port, start
-from tokenwire.v1 import generation_pb2, generation_pb2_grpc, models_pb2, models_pb2_grpc
+from tokenwire.v1 import generation_pb2, models_pb2
 
 from .conftest import CHAT_MODEL, CLIENT_KEYS, INTERNAL_WORKER_KEY
 
 HI = [{"role": "user", "content": "Hi"}]
 WRONG_WORKER_KEY = "not-the-worker-key"
 GENERATE = generation_pb2.GenerateRequest(text="Hello", stopping=generation_pb2.StoppingCriteria(max_new_tokens=2))
-
-
-def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
-    for detail in rpc_status.from_call(error).details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    raise AssertionError("no ErrorInfo in the status details")
-
-
-@pytest.fixture(scope="module")
-def channel(secured):
-    with grpc.insecure_channel(secured.grpc_address) as channel:
-        yield channel
 
 
 @pytest.fixture(scope="module")
@@ -143,31 +127,31 @@ def test_the_sdk_sees_a_refused_worker_key_as_a_server_error_and_a_wrong_client_
     [((), "Missing API key"), ((("authorization", "Bearer wrong"),), "Invalid API key"),
      ((("authorization", f"Bearer {CLIENT_KEYS[0]}"),), "Invalid API key")],
 )
-def test_grpc_without_a_valid_key_is_unauthenticated_with_error_info(channel, metadata, message):
-    stub = generation_pb2_grpc.GenerationStub(channel)
+def test_grpc_without_a_valid_key_is_unauthenticated_with_error_info(secured_stubs, metadata, message):
+    stub = secured_stubs.generation
     for call in (stub.Generate, lambda request, **kw: next(stub.GenerateStream(request, **kw))):
         with pytest.raises(grpc.RpcError) as caught:
             call(GENERATE, metadata=metadata, timeout=30)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert message in caught.value.details()
-        info = _error_info(caught.value)
+        info = details(caught.value)["ErrorInfo"]
         assert (info.reason, info.domain) == ("INVALID_API_KEY", "tokenwire.v1")
     with pytest.raises(grpc.RpcError) as caught:
-        models_pb2_grpc.ModelsStub(channel).ListModels(models_pb2.ListModelsRequest(), metadata=metadata)
+        secured_stubs.models.ListModels(models_pb2.ListModelsRequest(), metadata=metadata)
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_grpc_with_a_worker_key_is_served(channel):
+def test_grpc_with_a_worker_key_is_served(secured_stubs):
     metadata = (("authorization", f"Bearer {INTERNAL_WORKER_KEY}"),)
-    reply = generation_pb2_grpc.GenerationStub(channel).Generate(GENERATE, metadata=metadata, timeout=60)
+    reply = secured_stubs.generation.Generate(GENERATE, metadata=metadata, timeout=60)
     assert reply.usage.completion_tokens == 2
-    events = list(generation_pb2_grpc.GenerationStub(channel).GenerateStream(GENERATE, metadata=metadata))
+    events = list(secured_stubs.generation.GenerateStream(GENERATE, metadata=metadata))
     assert events[0].HasField("prompt_info") and events[-1].HasField("usage")
 
 
-def test_grpc_health_and_reflection_stay_open(channel):
-    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="tokenwire.v1.Generation"))
+def test_grpc_health_and_reflection_stay_open(secured_stubs, secured_channel):
+    reply = secured_stubs.health.Check(health_pb2.HealthCheckRequest(service="tokenwire.v1.Generation"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    stub = reflection_pb2_grpc.ServerReflectionStub(secured_channel)
     reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     assert "tokenwire.v1.Generation" in {s.name for s in reply.list_services_response.service}

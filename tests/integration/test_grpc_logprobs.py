@@ -3,18 +3,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from tokenwire.v1 import generation_pb2, generation_pb2_grpc, tokenization_pb2, tokenization_pb2_grpc
+from tests.rich_status import violated_fields
+from tokenwire.v1 import generation_pb2, tokenization_pb2
 
 CHAT = generation_pb2.ChatPrompt(messages=[generation_pb2.ChatMessage(role="user", content="What is 2+2?")])
-
-
-@pytest.fixture(scope="module")
-def stub(worker_address):
-    with grpc.insecure_channel(worker_address) as channel:
-        yield generation_pb2_grpc.GenerationStub(channel)
 
 
 def _request(**fields) -> generation_pb2.GenerateRequest:
@@ -61,7 +54,7 @@ def test_stream_deltas_carry_one_logprob_per_token(stub):
     assert list(unary.logprobs) == [e for d in deltas for e in d.logprobs]
 
 
-def test_prompt_logprobs_and_echo(stub, worker_address):
+def test_prompt_logprobs_and_echo(stub, stubs):
     request = _request(
         text="The capital of France is",
         chat=None,
@@ -77,10 +70,7 @@ def test_prompt_logprobs_and_echo(stub, worker_address):
     assert not prompt[0].HasField("logprob") and not prompt[0].top_logprobs
     assert all(e.HasField("logprob") and len(e.top_logprobs) == 2 for e in prompt[1:])
     assert b"".join(e.bytes for e in prompt).decode() == "The capital of France is"
-    with grpc.insecure_channel(worker_address) as channel:
-        ids = tokenization_pb2_grpc.TokenizationStub(channel).Tokenize(
-            tokenization_pb2.TokenizeRequest(text="The capital of France is")
-        ).token_ids
+    ids = stubs.tokenization.Tokenize(tokenization_pb2.TokenizeRequest(text="The capital of France is")).token_ids
     assert [e.token_id for e in prompt] == list(ids)
     # Only the first delta of a sequence carries the prompt.
     assert all(not d.prompt_text and not d.prompt_logprobs for d in rest)
@@ -110,10 +100,4 @@ def test_top_logprobs_range_is_invalid_argument(stub, top):
     with pytest.raises(grpc.RpcError) as caught:
         stub.Generate(request)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    fields = []
-    for detail in rpc_status.from_call(caught.value).details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    assert fields == ["logprobs.top_logprobs"]
+    assert violated_fields(caught.value) == ["logprobs.top_logprobs"]

@@ -24,11 +24,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 
-from tokenwire.v1 import generation_pb2, generation_pb2_grpc
+from tokenwire.v1 import generation_pb2
 
 from .conftest import CHAT_MODEL, EMBEDDING_MODEL
 
@@ -130,7 +129,7 @@ def test_pitfall_04_every_error_is_an_envelope(http, secured):
     assert _envelope(cases[-1][0])["code"] == "invalid_api_key"
 
 
-def test_pitfall_12_parameter_ranges_and_penalty_semantics(client, http, worker_address):
+def test_pitfall_12_parameter_ranges_and_penalty_semantics(client, http, stub):
     """Edge values are accepted, `stop` may be a bare string, out-of-range values are a 400 naming
     the parameter, and each penalty reaches the worker as the same penalty, unscaled."""
     edges = {"temperature": 2, "top_p": 1.0, "min_p": 1.0, "top_k": 999, "presence_penalty": -2,
@@ -145,32 +144,30 @@ def test_pitfall_12_parameter_ranges_and_penalty_semantics(client, http, worker_
         assert reply.status_code == 400 and _envelope(reply)["param"] == name, (name, reply.text)
 
     prompt = "List of fruits: apple, banana, apple, banana, apple,"
-    with grpc.insecure_channel(worker_address) as channel:
-        stub = generation_pb2_grpc.GenerationStub(channel)
 
-        def native(**penalties: float) -> str:
-            request = generation_pb2.GenerateRequest(
-                model=CHAT_MODEL, text=prompt, sampling=generation_pb2.SamplingParams(temperature=0),
-                penalties=generation_pb2.PenaltyParams(**penalties),
-                stopping=generation_pb2.StoppingCriteria(max_new_tokens=12),
-            )
-            return stub.Generate(request).sequences[0].text
+    def native(**penalties: float) -> str:
+        request = generation_pb2.GenerateRequest(
+            model=CHAT_MODEL, text=prompt, sampling=generation_pb2.SamplingParams(temperature=0),
+            penalties=generation_pb2.PenaltyParams(**penalties),
+            stopping=generation_pb2.StoppingCriteria(max_new_tokens=12),
+        )
+        return stub.Generate(request).sequences[0].text
 
-        def rest(**penalties: float) -> str:
-            body = {"model": CHAT_MODEL, "prompt": prompt, "temperature": 0, "max_tokens": 12, **penalties}
-            return http.post(COMPLETIONS, json=body).json()["choices"][0]["text"]
+    def rest(**penalties: float) -> str:
+        body = {"model": CHAT_MODEL, "prompt": prompt, "temperature": 0, "max_tokens": 12, **penalties}
+        return http.post(COMPLETIONS, json=body).json()["choices"][0]["text"]
 
-        plain = rest()
-        assert plain == native()
-        for name in ("presence_penalty", "frequency_penalty", "repetition_penalty"):
-            penalized = rest(**{name: 1.5})
-            assert penalized == native(**{name: 1.5}), name
-            assert penalized != plain, f"{name} had no effect"
-        # OpenAI's presence and frequency penalties count generated tokens only, so the first
-        # token is unchanged; the multiplicative repetition penalty counts the prompt too.
-        first = client.completions.create(model=CHAT_MODEL, prompt=prompt, temperature=0, max_tokens=1).choices[0].text
-        assert rest(presence_penalty=2).startswith(first) and rest(frequency_penalty=2).startswith(first)
-        assert not rest(repetition_penalty=1.5).startswith(first)
+    plain = rest()
+    assert plain == native()
+    for name in ("presence_penalty", "frequency_penalty", "repetition_penalty"):
+        penalized = rest(**{name: 1.5})
+        assert penalized == native(**{name: 1.5}), name
+        assert penalized != plain, f"{name} had no effect"
+    # OpenAI's presence and frequency penalties count generated tokens only, so the first
+    # token is unchanged; the multiplicative repetition penalty counts the prompt too.
+    first = client.completions.create(model=CHAT_MODEL, prompt=prompt, temperature=0, max_tokens=1).choices[0].text
+    assert rest(presence_penalty=2).startswith(first) and rest(frequency_penalty=2).startswith(first)
+    assert not rest(repetition_penalty=1.5).startswith(first)
 
 
 def test_pitfall_13_ids_unique_and_created_constant(client):

@@ -5,17 +5,9 @@ The secured stack prices the chat model at CHAT_PRICES and the embedding model a
 """
 from __future__ import annotations
 
-import grpc
 import pytest
 
-from tokenwire.v1 import (
-    embedding_pb2,
-    embedding_pb2_grpc,
-    generation_pb2,
-    generation_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-)
+from tokenwire.v1 import embedding_pb2, generation_pb2, models_pb2
 
 from .conftest import CHAT_MODEL, CHAT_PRICES, CLIENT_KEYS, EMBEDDING_MODEL, EMBEDDING_PRICE, INTERNAL_WORKER_KEY
 
@@ -55,18 +47,16 @@ def test_unpriced_models_cost_nothing(client):
     assert usage.estimated_cost == 0
 
 
-def test_grpc_usage_and_model_info_carry_the_prices(secured):
-    with grpc.insecure_channel(secured.grpc_address) as channel:
-        request = generation_pb2.GenerateRequest(
-            model=CHAT_MODEL, text="Hello", stopping=generation_pb2.StoppingCriteria(max_new_tokens=3)
-        )
-        usage = generation_pb2_grpc.GenerationStub(channel).Generate(request, metadata=METADATA).usage
-        assert usage.estimated_cost == pytest.approx(_chat_cost(usage.prompt_tokens, usage.completion_tokens))
-        streamed = list(generation_pb2_grpc.GenerationStub(channel).GenerateStream(request, metadata=METADATA))
-        assert streamed[-1].usage.estimated_cost == pytest.approx(usage.estimated_cost)
-        embed = embedding_pb2.EmbedRequest(model=EMBEDDING_MODEL, inputs=[embedding_pb2.EmbedInput(text="hello")])
-        embed_usage = embedding_pb2_grpc.EmbeddingStub(channel).Embed(embed, metadata=METADATA).usage
-        assert embed_usage.estimated_cost == pytest.approx(embed_usage.prompt_tokens * EMBEDDING_PRICE / 1e6)
-        lookup = models_pb2.GetModelRequest(id=CHAT_MODEL)
-        info = models_pb2_grpc.ModelsStub(channel).GetModel(lookup, metadata=METADATA)
+def test_grpc_usage_and_model_info_carry_the_prices(secured_stubs):
+    request = generation_pb2.GenerateRequest(
+        model=CHAT_MODEL, text="Hello", stopping=generation_pb2.StoppingCriteria(max_new_tokens=3)
+    )
+    usage = secured_stubs.generation.Generate(request, metadata=METADATA).usage
+    assert usage.estimated_cost == pytest.approx(_chat_cost(usage.prompt_tokens, usage.completion_tokens))
+    streamed = list(secured_stubs.generation.GenerateStream(request, metadata=METADATA))
+    assert streamed[-1].usage.estimated_cost == pytest.approx(usage.estimated_cost)
+    embed = embedding_pb2.EmbedRequest(model=EMBEDDING_MODEL, inputs=[embedding_pb2.EmbedInput(text="hello")])
+    embed_usage = secured_stubs.embedding.Embed(embed, metadata=METADATA).usage
+    assert embed_usage.estimated_cost == pytest.approx(embed_usage.prompt_tokens * EMBEDDING_PRICE / 1e6)
+    info = secured_stubs.models.GetModel(models_pb2.GetModelRequest(id=CHAT_MODEL), metadata=METADATA)
     assert (info.prices.input_per_million, info.prices.output_per_million) == CHAT_PRICES

@@ -8,12 +8,11 @@ import re
 import grpc
 import jsonschema
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from pydantic import BaseModel, Field
 
 from tests.integration.conftest import CHAT_MODEL
-from tokenwire.v1 import generation_pb2, generation_pb2_grpc
+from tests.rich_status import violated_fields
+from tokenwire.v1 import generation_pb2
 
 PERSON = {
     "type": "object",
@@ -235,12 +234,6 @@ def test_bad_or_conflicting_guided_extras_are_400_naming_the_param(http, route, 
 # The same capability through the native gRPC API.
 
 
-@pytest.fixture(scope="module")
-def stub(worker_address):
-    with grpc.insecure_channel(worker_address) as channel:
-        yield generation_pb2_grpc.GenerationStub(channel)
-
-
 def _grpc_request(content: str, structured: generation_pb2.StructuredOutput, max_new_tokens: int = 80):
     return generation_pb2.GenerateRequest(
         chat=generation_pb2.ChatPrompt(messages=[generation_pb2.ChatMessage(role="user", content=content)]),
@@ -288,10 +281,4 @@ def test_grpc_invalid_schema_is_invalid_argument_with_field(stub, structured, fi
     with pytest.raises(grpc.RpcError) as caught:
         stub.Generate(_grpc_request("hi", structured))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    violations = []
-    for detail in rpc_status.from_call(caught.value).details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            violations = [v.field for v in bad.field_violations]
-    assert violations == [field]
+    assert violated_fields(caught.value) == [field]

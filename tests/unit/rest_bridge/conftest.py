@@ -9,14 +9,13 @@ from starlette.applications import Starlette
 
 from rest_bridge.app import create_app
 from rest_bridge.config import BridgeSettings
-from tests.unit.rest_bridge.fake_worker import FakeWorker, start_fake_worker
+from tests.unit.rest_bridge.fake_worker import FakeWorker, fake_worker_serving
 
 
 @pytest.fixture
 async def fake_worker() -> AsyncIterator[FakeWorker]:
-    fake = await start_fake_worker()
-    yield fake
-    await fake.server.stop(grace=None)
+    async with fake_worker_serving() as fake:
+        yield fake
 
 
 @pytest.fixture

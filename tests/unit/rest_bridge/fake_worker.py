@@ -19,22 +19,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2
 
+from service.api_server import ApiServicers, api_server
 from service.errors import ContextLengthExceeded, ModelNotFound, NotReady, QueueFull
 from service.servicers.auth import ApiKeyInterceptor
 from service.servicers.status import abort_with_error
-from tokenwire.v1 import (
-    common_pb2,
-    embedding_pb2,
-    embedding_pb2_grpc,
-    generation_pb2,
-    generation_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-    tokenization_pb2,
-    tokenization_pb2_grpc,
-)
+from tests.in_process import listening
+from tokenwire.v1 import common_pb2, embedding_pb2, generation_pb2, models_pb2, tokenization_pb2
+from tokenwire.v1.embedding_pb2_grpc import EmbeddingServicer
+from tokenwire.v1.generation_pb2_grpc import GenerationServicer
+from tokenwire.v1.models_pb2_grpc import ModelsServicer
+from tokenwire.v1.tokenization_pb2_grpc import TokenizationServicer
 
 GENERATION_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -98,7 +95,7 @@ def _prompt_info(request: generation_pb2.GenerateRequest) -> generation_pb2.Prom
     return generation_pb2.PromptInfo(model=GENERATION_MODEL, prompt_tokens=7, seed=1, max_new_tokens=16)
 
 
-class Generation(generation_pb2_grpc.GenerationServicer):
+class Generation(GenerationServicer):
     def __init__(self, record: Record) -> None:
         self.record = record
         self.capacity: int | None = None
@@ -174,7 +171,7 @@ class Generation(generation_pb2_grpc.GenerationServicer):
         yield generation_pb2.GenerateStreamResponse(usage=_usage(request))
 
 
-class Embedding(embedding_pb2_grpc.EmbeddingServicer):
+class Embedding(EmbeddingServicer):
     def __init__(self, record: Record) -> None:
         self.record = record
 
@@ -201,7 +198,7 @@ def _model_info(model_id: str, kind: int) -> models_pb2.ModelInfo:
     )
 
 
-class Models(models_pb2_grpc.ModelsServicer):
+class Models(ModelsServicer):
     MODELS = {
         GENERATION_MODEL: _model_info(GENERATION_MODEL, models_pb2.MODEL_KIND_GENERATION),
         EMBEDDING_MODEL: _model_info(EMBEDDING_MODEL, models_pb2.MODEL_KIND_EMBEDDING),
@@ -217,7 +214,7 @@ class Models(models_pb2_grpc.ModelsServicer):
         return self.MODELS[model_id]
 
 
-class Tokenization(tokenization_pb2_grpc.TokenizationServicer):
+class Tokenization(TokenizationServicer):
     def __init__(self, record: Record) -> None:
         self.record = record
 
@@ -237,27 +234,22 @@ class Tokenization(tokenization_pb2_grpc.TokenizationServicer):
 
 @dataclass
 class FakeWorker:
-    server: grpc.aio.Server
     address: str
     record: Record
-    health: health.aio.HealthServicer
+    health: grpc_health.aio.HealthServicer
     generation: Generation
 
 
-async def start_fake_worker(api_keys: Sequence[str] = ()) -> FakeWorker:
-    """A fake worker; with `api_keys`, its tokenwire.v1 calls need one of them, as the worker's do."""
+@asynccontextmanager
+async def fake_worker_serving(api_keys: Sequence[str] = ()) -> AsyncIterator[FakeWorker]:
+    """A fake worker, serving until the block ends; with `api_keys`, its tokenwire.v1 calls need
+    one of them, as the worker's do."""
     record = Record()
-    server = grpc.aio.server(interceptors=[ApiKeyInterceptor(api_keys)] if api_keys else None)
     generation = Generation(record)
-    generation_pb2_grpc.add_GenerationServicer_to_server(generation, server)
-    embedding_pb2_grpc.add_EmbeddingServicer_to_server(Embedding(record), server)
-    models_pb2_grpc.add_ModelsServicer_to_server(Models(), server)
-    tokenization_pb2_grpc.add_TokenizationServicer_to_server(Tokenization(record), server)
-    health_servicer = health.aio.HealthServicer()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return FakeWorker(
-        server=server, address=f"127.0.0.1:{port}", record=record, health=health_servicer, generation=generation
+    servicers = ApiServicers(
+        generation=generation, embedding=Embedding(record), tokenization=Tokenization(record), models=Models()
     )
+    server, health_servicer = api_server(servicers, [ApiKeyInterceptor(api_keys)] if api_keys else [])
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    async with listening(server) as address:
+        yield FakeWorker(address=address, record=record, health=health_servicer, generation=generation)

@@ -8,7 +8,7 @@ import pytest
 
 from rest_bridge.app import create_app
 from rest_bridge.config import BridgeSettings
-from tests.unit.rest_bridge.fake_worker import FakeWorker, start_fake_worker
+from tests.unit.rest_bridge.fake_worker import FakeWorker, fake_worker_serving
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -56,14 +56,13 @@ async def test_no_keys_configured_means_open(client: httpx.AsyncClient, fake_wor
 
 @pytest.mark.parametrize(("worker_key", "status"), [("to-worker", 200), ("not-the-key", 502), (None, 502)])
 async def test_health_fails_while_the_worker_refuses_the_bridges_key(worker_key: str | None, status: int) -> None:
-    fake = await start_fake_worker(api_keys=("to-worker",))
-    app = create_app(BridgeSettings(worker_address=fake.address, request_timeout=10, worker_api_key=worker_key))
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge") as http:
-            response = await http.get("/health")
-    finally:
-        await app.state.upstreams.close()
-        await fake.server.stop(grace=None)
+    async with fake_worker_serving(api_keys=("to-worker",)) as fake:
+        app = create_app(BridgeSettings(worker_address=fake.address, request_timeout=10, worker_api_key=worker_key))
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge") as http:
+                response = await http.get("/health")
+        finally:
+            await app.state.upstreams.close()
     assert response.status_code == status
     if status != 200:
         error = response.json()["error"]

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from rest_bridge.fanout import MAX_CALLS_IN_FLIGHT
-from rest_bridge.schemas import MAX_PROMPTS
+from tokenwire.limits import MAX_INPUTS
 from tests.unit.rest_bridge.fake_worker import FakeWorker
 
 PROMPTS = [f"p{i}" for i in range(40)]
@@ -86,7 +86,7 @@ async def test_a_failure_in_the_first_prompts_is_an_http_error(client: httpx.Asy
 
 
 async def test_too_many_prompts_is_a_400(client: httpx.AsyncClient, fake_worker: FakeWorker) -> None:
-    response = await client.post("/v1/completions", json=completions(["x"] * (MAX_PROMPTS + 1), False))
+    response = await client.post("/v1/completions", json=completions(["x"] * (MAX_INPUTS + 1), False))
     assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
-    assert str(MAX_PROMPTS) in response.json()["error"]["message"]
+    assert str(MAX_INPUTS) in response.json()["error"]["message"]
     assert fake_worker.record.requests == []

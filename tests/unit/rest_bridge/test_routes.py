@@ -16,8 +16,9 @@ from grpc_health.v1 import health_pb2
 from starlette.applications import Starlette
 
 from rest_bridge.app import create_app
-from rest_bridge.config import BridgeSettings
-from rest_bridge.upstream import METADATA_TIMEOUT_S, Upstream
+from rest_bridge.config import METADATA_TIMEOUT_S, BridgeSettings
+from rest_bridge.upstream import Upstream
+from tests.in_process import listening
 from tests.unit.rest_bridge.fake_worker import EMBEDDING_MODEL, GENERATION_MODEL, FakeWorker
 from tokenwire.v1 import generation_pb2
 
@@ -182,18 +183,16 @@ class _Stuck(grpc.GenericRpcHandler):
 async def stuck_worker() -> AsyncIterator[str]:
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((_Stuck(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield f"127.0.0.1:{port}"
-    await server.stop(grace=None)
+    async with listening(server) as address:
+        yield address
 
 
 async def test_metadata_calls_to_a_stuck_worker_fail_fast(stuck_worker: str) -> None:
-    app = create_app(BridgeSettings(worker_address=stuck_worker, request_timeout=600))
+    app = create_app(BridgeSettings(worker_address=stuck_worker, request_timeout=600, metadata_timeout=0.2))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge") as http:
         paths = ("/v1/models", f"/v1/models/{GENERATION_MODEL}", "/health")
         # Bounded well above the metadata deadline, far below the request timeout.
-        answers = await asyncio.wait_for(asyncio.gather(*(http.get(path) for path in paths)), 12 * METADATA_TIMEOUT_S)
+        answers = await asyncio.wait_for(asyncio.gather(*(http.get(path) for path in paths)), 60)
     await app.state.upstreams.close()
     for answer in answers:
         assert answer.status_code == 504
@@ -204,9 +203,10 @@ async def test_metadata_calls_to_a_stuck_worker_fail_fast(stuck_worker: str) -> 
 
 def test_the_metadata_deadline_caps_the_request_timeout() -> None:
     assert Upstream("w", timeout=600).call_options("r")["timeout"] == 600
-    assert Upstream("w", timeout=600).call_options("r", METADATA_TIMEOUT_S)["timeout"] == METADATA_TIMEOUT_S
-    assert Upstream("w", timeout=None).call_options("r", METADATA_TIMEOUT_S)["timeout"] == METADATA_TIMEOUT_S
-    assert Upstream("w", timeout=1).call_options("r", METADATA_TIMEOUT_S)["timeout"] == 1
+    assert Upstream("w", timeout=600).call_options("r", metadata_call=True)["timeout"] == METADATA_TIMEOUT_S
+    assert Upstream("w", timeout=None).call_options("r", metadata_call=True)["timeout"] == METADATA_TIMEOUT_S
+    assert Upstream("w", timeout=1).call_options("r", metadata_call=True)["timeout"] == 1
+    assert Upstream("w", timeout=600, metadata_timeout=2).call_options("r", metadata_call=True)["timeout"] == 2
 
 
 async def test_tokenize_and_detokenize(client: httpx.AsyncClient) -> None:

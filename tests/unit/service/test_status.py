@@ -9,9 +9,11 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from service.api_server import ApiServicers, api_server
 from service.models.registry import ModelRegistry
 from service.servicers.models import ModelsServicer
 from service.servicers.status import ErrorMappingInterceptor
+from tests.in_process import listening
 from tokenwire.v1 import models_pb2, models_pb2_grpc
 
 
@@ -23,13 +25,9 @@ class _BrokenGetModel(ModelsServicer):
 @pytest.fixture
 async def models():
     """The Models service of a worker still loading (an empty registry), whose GetModel fails."""
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
-    models_pb2_grpc.add_ModelsServicer_to_server(_BrokenGetModel(ModelRegistry()), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    server, _ = api_server(ApiServicers(models=_BrokenGetModel(ModelRegistry())), [ErrorMappingInterceptor()])
+    async with listening(server) as address, grpc.aio.insecure_channel(address) as channel:
         yield models_pb2_grpc.ModelsStub(channel)
-    await server.stop(0)
 
 
 def _reason(error: grpc.aio.AioRpcError) -> str:
