@@ -2,20 +2,33 @@
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from rest_bridge.store import default_data_dir
 from tokenwire.api_keys import add_api_key_argument
+from tokenwire.limits import DEFAULT_MAX_RUNNING
+from tokenwire.startup import env, port, seconds, whole_number
 from tokenwire.tracing import add_tracing_argument
 
 # Batch API lines in flight at most: enough to keep the worker's batch busy, and fewer than its
-# sequences (--max-running, 16 by default), so that interactive requests find room at once.
-DEFAULT_BATCH_CONCURRENCY = 8
+# sequences (--max-running), so that interactive requests find room at once.
+DEFAULT_BATCH_CONCURRENCY = DEFAULT_MAX_RUNNING // 2
 
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
+# The default deadline of metadata calls (health, model cards), whatever the generation deadline: a
+# worker answers them at once, so one that has not answered within this is stuck, and the client
+# hears so now, not after the request timeout.
+METADATA_TIMEOUT_S = 5.0
+
+
+def _add(group: argparse._ArgumentGroup, flag: str, default: str, help: str, **options: Any) -> None:
+    """A flag whose default comes from the TOKENWIRE_* variable named after it."""
+    name = flag.removeprefix("--").replace("-", "_").upper()
+    help = f"{help} (env TOKENWIRE_{name}; default %(default)s)"
+    group.add_argument(flag, default=env(name, default), help=help, **options)
 
 
 def add_bridge_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> None:
@@ -23,29 +36,21 @@ def add_bridge_arguments(parser: argparse.ArgumentParser, standalone: bool = Tru
     and key, which it knows, and --api-key and --otlp-endpoint, which the worker's flags already
     have."""
     group = parser.add_argument_group("REST bridge")
-    group.add_argument(
-        "--http-host",
-        default=os.environ.get("TOKENWIRE_HTTP_HOST", "127.0.0.1"),
-        help="address the REST API listens on (env TOKENWIRE_HTTP_HOST; default %(default)s)",
-    )
-    group.add_argument(
-        "--http-port",
-        type=int,
-        default=os.environ.get("TOKENWIRE_HTTP_PORT", "8000"),
-        help="port of the REST API (env TOKENWIRE_HTTP_PORT; default %(default)s)",
-    )
-    group.add_argument(
-        "--request-timeout",
-        type=float,
-        default=os.environ.get("TOKENWIRE_REQUEST_TIMEOUT", "600"),
-        help="gRPC deadline of one request in seconds, 0 for none "
-        "(env TOKENWIRE_REQUEST_TIMEOUT; default %(default)s)",
+    _add(group, "--http-host", "127.0.0.1", "address the REST API listens on")
+    _add(group, "--http-port", "8000", "port of the REST API", type=port)
+    _add(group, "--request-timeout", "600", "gRPC deadline of one request in seconds, 0 for none", type=seconds)
+    _add(
+        group,
+        "--metadata-timeout",
+        str(METADATA_TIMEOUT_S),
+        "gRPC deadline in seconds of /health and the model list, which a worker answers at once",
+        type=seconds,
     )
     group.add_argument(
         "--worker",
         action="append",
         dest="model_workers",
-        default=[item for item in os.environ.get("TOKENWIRE_WORKERS", "").split(",") if item],
+        default=[item for item in env("WORKERS", "").split(",") if item],
         metavar="MODEL=ADDRESS",
         help="send the requests for MODEL to the worker (or Envoy) at host:port ADDRESS; other "
         "models go to the default worker (repeatable; env TOKENWIRE_WORKERS, comma-separated)",
@@ -53,27 +58,23 @@ def add_bridge_arguments(parser: argparse.ArgumentParser, standalone: bool = Tru
     group.add_argument(
         "--data-dir",
         type=pathlib.Path,
-        default=os.environ.get("TOKENWIRE_DATA_DIR") or default_data_dir(),
+        default=env("DATA_DIR", "") or default_data_dir(),
         help="where the bridge keeps files, batches and stored responses, in a SQLite database "
         "(env TOKENWIRE_DATA_DIR; default %(default)s)",
     )
-    group.add_argument(
+    _add(
+        group,
         "--batch-concurrency",
-        type=int,
-        default=os.environ.get("TOKENWIRE_BATCH_CONCURRENCY", str(DEFAULT_BATCH_CONCURRENCY)),
-        help="Batch API lines sent to the worker at once, over all batches; keep it below the "
-        "worker's --max-running so interactive requests find room (env TOKENWIRE_BATCH_CONCURRENCY; "
-        "default %(default)s)",
+        str(DEFAULT_BATCH_CONCURRENCY),
+        "Batch API lines sent to the worker at once, over all batches; keep it below the worker's "
+        "--max-running so interactive requests find room",
+        type=whole_number(1),
     )
     if standalone:
-        group.add_argument(
-            "--worker-address",
-            default=os.environ.get("TOKENWIRE_WORKER_ADDRESS", "127.0.0.1:50051"),
-            help="host:port of the gRPC worker (env TOKENWIRE_WORKER_ADDRESS; default %(default)s)",
-        )
+        _add(group, "--worker-address", "127.0.0.1:50051", "host:port of the gRPC worker")
         group.add_argument(
             "--worker-api-key",
-            default=os.environ.get("TOKENWIRE_WORKER_API_KEY") or None,
+            default=env("WORKER_API_KEY", "") or None,
             metavar="KEY",
             help="API key sent to the worker as `authorization: Bearer KEY` metadata "
             "(env TOKENWIRE_WORKER_API_KEY; default: none)",
@@ -107,6 +108,7 @@ class BridgeSettings:
     worker_address: str = "127.0.0.1:50051"
     # Seconds; None means no deadline.
     request_timeout: float | None = 600.0
+    metadata_timeout: float = METADATA_TIMEOUT_S
     # Keys REST clients must send; empty means no authentication.
     api_keys: tuple[str, ...] = ()
     # The key the bridge sends to the worker, if the worker wants one.
@@ -131,12 +133,12 @@ class BridgeSettings:
         else:  # `tokenwire serve`: its own worker, which takes the same keys
             worker_address = f"{_connect_host(args.grpc_host)}:{args.grpc_port}"
             worker_api_key = api_keys[0] if api_keys else None
-        timeout = float(args.request_timeout)
         return cls(
             http_host=args.http_host,
-            http_port=int(args.http_port),
+            http_port=args.http_port,
             worker_address=worker_address,
-            request_timeout=timeout if timeout > 0 else None,
+            request_timeout=args.request_timeout or None,
+            metadata_timeout=args.metadata_timeout,
             api_keys=api_keys,
             worker_api_key=worker_api_key,
             model_workers=model_workers,

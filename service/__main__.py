@@ -1,9 +1,8 @@
 """`python -m service` = `tokenwire worker`."""
-import argparse
-
 from service.config import add_worker_arguments
 from service.server import run_worker
+from tokenwire.startup import OneLineErrorParser
 
-parser = argparse.ArgumentParser(prog="python -m service")
+parser = OneLineErrorParser(prog="python -m service")
 add_worker_arguments(parser)
 run_worker(parser.parse_args())

@@ -1,35 +1,31 @@
-"""Worker settings: command-line flags, each with a TOKENWIRE_* environment variable default."""
+"""Worker settings: command-line flags, each with a TOKENWIRE_* environment variable default,
+checked before anything is loaded."""
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import pathlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from service.models.packaged import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATION_MODEL
+from service.models.sources import parse_spec
 from tokenwire.api_keys import add_api_key_argument
+from tokenwire.limits import DEFAULT_MAX_RUNNING
+from tokenwire.startup import StartupError, env, port, seconds, whole_number
 from tokenwire.tracing import add_tracing_argument
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"TOKENWIRE_{name}", default)
 
 
 def default_cache_dir() -> pathlib.Path:
     """The worker's --cache-dir default: converted weights and built kernels go there."""
-    return pathlib.Path(_env("CACHE_DIR", str(pathlib.Path.home() / ".cache" / "tokenwire")))
-
-
-def _env_list(name: str) -> list[str]:
-    return [item for item in _env(name, "").split(",") if item]
+    return pathlib.Path(env("CACHE_DIR", str(pathlib.Path.home() / ".cache" / "tokenwire")))
 
 
 DEFAULT_CPU_KV_CACHE_GIB = 2
 DEFAULT_CPU_KV_CACHE_SHARE = 0.1
 DEFAULT_CUDA_KV_CACHE_FRACTION = 0.9
+_MEMORY_BUDGET_FORMS = "auto, bytes (e.g. 4GiB, 512MiB) or a fraction of free device memory (e.g. 0.9)"
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
 
@@ -57,10 +53,15 @@ def parse_memory_budget(spec: str) -> MemoryBudget:
         size = value * _UNITS[match.group(2) or ""]
         if size >= 1:
             return MemoryBudget(bytes=int(size))
-    raise ValueError(
-        f"--kv-cache-memory {spec!r}: expected auto, bytes (e.g. 4GiB, 512MiB) or a fraction of free "
-        "device memory (e.g. 0.9)"
-    )
+    raise ValueError(f"--kv-cache-memory {spec!r}: expected {_MEMORY_BUDGET_FORMS}")
+
+
+def _memory_budget(spec: str) -> MemoryBudget:
+    """parse_memory_budget as an argparse type."""
+    try:
+        return parse_memory_budget(spec)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {_MEMORY_BUDGET_FORMS}, got {spec!r}") from None
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,8 @@ def parse_price(spec: str) -> tuple[str, Price]:
         values = []
     if not model_id or len(values) != 2 or not all(math.isfinite(v) and v >= 0 for v in values):
         raise ValueError(
-            f"--price {spec!r}: expected MODEL_ID=INPUT,OUTPUT with two non-negative numbers "
-            "(USD per million tokens), e.g. my-org/llama=0.03,0.05"
+            "expected MODEL_ID=INPUT,OUTPUT with two non-negative numbers (USD per million tokens), "
+            "e.g. my-org/llama=0.03,0.05"
         )
     return model_id, Price(values[0], values[1])
 
@@ -89,12 +90,12 @@ def parse_price(spec: str) -> tuple[str, Price]:
 def add_worker_arguments(parser: argparse.ArgumentParser, metrics_port: int = 0) -> None:
     """The worker's flags; `metrics_port` is the default of --metrics-port (0 = no metrics)."""
     group = parser.add_argument_group("worker")
-    group.add_argument("--grpc-host", default=_env("GRPC_HOST", "127.0.0.1"))
-    group.add_argument("--grpc-port", type=int, default=int(_env("GRPC_PORT", "50051")))
+    group.add_argument("--grpc-host", default=env("GRPC_HOST", "127.0.0.1"))
+    group.add_argument("--grpc-port", type=port, default=env("GRPC_PORT", "50051"))
     group.add_argument(
         "--metrics-port",
-        type=int,
-        default=int(_env("METRICS_PORT", str(metrics_port))),
+        type=port,
+        default=env("METRICS_PORT", str(metrics_port)),
         help="serve the worker's Prometheus metrics over HTTP on this port, on --grpc-host; "
         "0 = off (env TOKENWIRE_METRICS_PORT; default %(default)s)",
     )
@@ -103,48 +104,41 @@ def add_worker_arguments(parser: argparse.ArgumentParser, metrics_port: int = 0)
         "--price",
         action="append",
         dest="prices",
-        default=[item for item in _env("PRICES", "").split(";") if item],
+        default=[item for item in env("PRICES", "").split(";") if item],
         metavar="MODEL_ID=INPUT,OUTPUT",
         help="USD per million prompt (INPUT) and completion (OUTPUT) tokens of a served model, "
         "for usage.estimated_cost; default 0 (repeatable; env TOKENWIRE_PRICES, ';'-separated)",
     )
-    group.add_argument(
-        "--model",
-        action="append",
-        dest="models",
-        default=_env_list("MODELS"),
-        metavar="[ID=]PATH",
-        help="generation model to serve: a HF directory, a .gguf file or a packaged model id "
-        "(repeatable; env TOKENWIRE_MODELS, comma-separated)",
-    )
-    group.add_argument(
-        "--embedding-model",
-        action="append",
-        dest="embedding_models",
-        default=_env_list("EMBEDDING_MODELS"),
-        metavar="[ID=]PATH",
-        help="embedding model to serve (repeatable; env TOKENWIRE_EMBEDDING_MODELS)",
-    )
+    for flag, variable, what in (
+        ("--model", "MODELS", "generation model to serve: a HF directory, a .gguf file or a packaged model id"),
+        ("--embedding-model", "EMBEDDING_MODELS", "embedding model to serve: a sentence-transformers directory"),
+    ):
+        group.add_argument(
+            flag,
+            action="append",
+            dest=variable.lower(),
+            default=[item for item in env(variable, "").split(",") if item],
+            metavar="[ID=]PATH",
+            help=f"{what} (repeatable; env TOKENWIRE_{variable}, comma-separated)",
+        )
     group.add_argument(
         "--no-default-models",
         action="store_true",
-        default=_env("NO_DEFAULT_MODELS", "") == "1",
+        default=env("NO_DEFAULT_MODELS", "") == "1",
         help="serve only the models named by flags",
     )
-    group.add_argument("--device", default=_env("DEVICE", "auto"), help="auto, cpu, cuda or cuda:N")
-    group.add_argument(
-        "--dtype", default=_env("DTYPE", "auto"), help="auto, bfloat16, float16 or float32"
-    )
+    group.add_argument("--device", default=env("DEVICE", "auto"), help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), default=env("DTYPE", "auto"))
     group.add_argument(
         "--threads",
-        type=int,
-        default=int(_env("THREADS", "0")),
+        type=whole_number(0),
+        default=env("THREADS", "0"),
         help="CPU threads for tensor operations (0: all cores but one)",
     )
     group.add_argument(
         "--quantization",
         choices=("auto", "none", "int8", "int4"),
-        default=_env("QUANTIZATION", "auto"),
+        default=env("QUANTIZATION", "auto"),
         help="weights kept in 4 or 8 bits for CPU decoding (int8 also quantizes activations per row); "
         "auto: a GGUF's own precision on CPU, none elsewhere",
     )
@@ -154,11 +148,12 @@ def add_worker_arguments(parser: argparse.ArgumentParser, metrics_port: int = 0)
         default=default_cache_dir(),
         help="where converted weights and compiled kernels are kept",
     )
-    group.add_argument("--max-running", type=int, default=int(_env("MAX_RUNNING", "16")),
+    group.add_argument("--max-running", type=whole_number(1), default=env("MAX_RUNNING", str(DEFAULT_MAX_RUNNING)),
                        help="sequences generated at once per model")
     group.add_argument(
         "--kv-cache-memory",
-        default=_env("KV_CACHE_MEMORY", "auto"),
+        type=_memory_budget,
+        default=env("KV_CACHE_MEMORY", "auto"),
         metavar="BYTES|FRACTION",
         help="KV-cache memory per generation model: bytes (e.g. 4GiB, 512MiB, 2000000000), or on CUDA a "
         "fraction of the device memory left free by the weights (e.g. 0.9); auto: "
@@ -169,15 +164,22 @@ def add_worker_arguments(parser: argparse.ArgumentParser, metrics_port: int = 0)
         "--no-prefix-caching",
         dest="prefix_caching",
         action="store_false",
-        default=_env("PREFIX_CACHING", "1") != "0",
+        default=env("PREFIX_CACHING", "1") != "0",
         help="do not keep computed KV-cache blocks for reuse by later requests with the same prefix "
         "(env TOKENWIRE_PREFIX_CACHING=0)",
     )
-    group.add_argument("--max-waiting", type=int, default=int(_env("MAX_WAITING", "256")),
+    group.add_argument("--max-waiting", type=whole_number(0), default=env("MAX_WAITING", "256"),
                        help="requests queued per model before RESOURCE_EXHAUSTED")
-    group.add_argument("--shutdown-grace", type=float, default=float(_env("SHUTDOWN_GRACE", "10")),
+    group.add_argument("--shutdown-grace", type=seconds, default=env("SHUTDOWN_GRACE", "10"),
                        help="seconds in-flight calls may finish after SIGTERM")
     add_tracing_argument(group)
+
+
+# The settings that are their flag's value as parsed.
+_FLAGS_AS_THEY_ARE = (
+    "grpc_host", "grpc_port", "metrics_port", "device", "dtype", "quantization", "threads", "cache_dir",
+    "max_running", "max_waiting", "kv_cache_memory", "prefix_caching", "otlp_endpoint",
+)
 
 
 @dataclass(frozen=True)
@@ -212,22 +214,38 @@ class WorkerSettings:
             generation = generation or [DEFAULT_GENERATION_MODEL.model_id]
             embedding = embedding or [DEFAULT_EMBEDDING_MODEL.model_id]
         return cls(
-            grpc_host=args.grpc_host,
-            grpc_port=args.grpc_port,
+            **{name: getattr(args, name) for name in _FLAGS_AS_THEY_ARE},
             generation_models=tuple(generation),
             embedding_models=tuple(embedding),
-            device=args.device,
-            dtype=args.dtype,
-            quantization=args.quantization,
-            threads=args.threads,
-            cache_dir=args.cache_dir,
-            max_running=args.max_running,
-            max_waiting=args.max_waiting,
-            kv_cache_memory=parse_memory_budget(args.kv_cache_memory),
-            prefix_caching=args.prefix_caching,
             shutdown_grace_s=args.shutdown_grace,
-            metrics_port=args.metrics_port,
             api_keys=tuple(args.api_keys),
             prices=dict(parse_price(spec) for spec in args.prices),
-            otlp_endpoint=args.otlp_endpoint,
         )
+
+    def model_flags(self) -> list[tuple[str, str]]:
+        """(flag, spec) of every model to serve, generation models first."""
+        return [("--model", spec) for spec in self.generation_models] + [
+            ("--embedding-model", spec) for spec in self.embedding_models
+        ]
+
+
+def checked_settings(args: argparse.Namespace) -> WorkerSettings:
+    """The worker's settings, with everything that needs neither torch nor a model checked first:
+    prices, model paths, prices of models not served. Raises StartupError."""
+    for spec in args.prices:
+        try:
+            parse_price(spec)
+        except ValueError as error:
+            raise StartupError(f"--price {spec}", str(error)) from None
+    settings = WorkerSettings.from_args(args)
+    served = set()
+    for flag, spec in settings.model_flags():
+        try:
+            served.add(parse_spec(spec).model_id)
+        except FileNotFoundError as error:
+            raise StartupError(f"{flag} {spec}", str(error)) from None
+    for spec in args.prices:
+        model_id, _ = parse_price(spec)
+        if model_id not in served:
+            raise StartupError(f"--price {spec}", f"{model_id} is not served here")
+    return settings

@@ -17,13 +17,15 @@ from collections.abc import Callable
 
 import grpc
 import torch
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
-from service.config import WorkerSettings
+from service.api_server import ApiServicers, api_server
+from service.config import WorkerSettings, checked_settings
 from service.engine.types import GenerationRequest, SamplingParams, StoppingParams
 from service.metrics import serve_metrics
-from service.models.loading import load_embedding_model, load_generation_model, parse_spec
+from service.models.hardware import resolve_device, resolve_dtype, resolve_quantization
+from service.models.loading import load_embedding_model, load_generation_model
 from service.models.registry import EmbeddingModel, GenerationModel, ModelRegistry
 from service.servicers.auth import ApiKeyInterceptor
 from service.servicers.embedding import EmbeddingServicer
@@ -33,16 +35,8 @@ from service.servicers.status import ErrorMappingInterceptor
 from service.servicers.tokenization import TokenizationServicer
 from service.text.encoding import min_token_count
 from tokenwire import tracing
-from tokenwire.v1 import (
-    embedding_pb2,
-    embedding_pb2_grpc,
-    generation_pb2,
-    generation_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-    tokenization_pb2,
-    tokenization_pb2_grpc,
-)
+from tokenwire.startup import StartupError, check_can_listen, one_line_errors
+from tokenwire.v1 import embedding_pb2, generation_pb2, models_pb2, tokenization_pb2
 
 log = logging.getLogger("tokenwire.worker")
 
@@ -55,17 +49,6 @@ SERVICE_NAMES = tuple(
         (models_pb2, "Models"),
     )
 )
-_MESSAGE_LIMIT = 64 * 1024 * 1024
-SERVER_OPTIONS = [
-    ("grpc.max_send_message_length", _MESSAGE_LIMIT),
-    ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_pings_without_data", 0),
-]
-
 
 GIL_SWITCH_INTERVAL_S = 0.0005
 # After the grace period, aborted generations have this long to send their last deltas and usage.
@@ -79,13 +62,35 @@ def default_cpu_threads() -> int:
     return max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0)) - 1))
 
 
+def check_hardware(settings: WorkerSettings) -> None:
+    """--device, --dtype and --quantization against this machine, before anything is loaded.
+    Raises StartupError."""
+    try:
+        device = resolve_device(settings.device)
+    except ValueError as error:
+        raise StartupError(f"--device {settings.device}", str(error)) from None
+    try:
+        resolve_dtype(settings.dtype, device)
+    except ValueError as error:
+        raise StartupError(f"--dtype {settings.dtype}", str(error)) from None
+    try:
+        resolve_quantization(settings.quantization, device, gguf_bits=None, native_kernels=False)
+    except ValueError as error:
+        raise StartupError(f"--quantization {settings.quantization}", str(error)) from None
+
+
 def load_models(settings: WorkerSettings, registry: ModelRegistry) -> None:
-    """Blocking: runs in a thread while the server already answers health checks."""
+    """Blocking: runs in a thread while the server already answers health checks. A model that
+    cannot be loaded is a StartupError naming its flag."""
     torch.set_num_threads(settings.threads or default_cpu_threads())
-    for spec in settings.generation_models:
-        registry.add(load_generation_model(spec, settings))
-    for spec in settings.embedding_models:
-        registry.add(load_embedding_model(spec, settings))
+    loaders = {"--model": load_generation_model, "--embedding-model": load_embedding_model}
+    for flag, spec in settings.model_flags():
+        try:
+            model = loaders[flag](spec, settings)
+        except Exception as error:
+            log.debug("loading %s failed", spec, exc_info=True)
+            raise StartupError(f"{flag} {spec}", f"cannot load it: {type(error).__name__}: {error}") from error
+        registry.add(model)
 
 
 async def warm_up(registry: ModelRegistry) -> None:
@@ -144,24 +149,25 @@ async def serve(settings: WorkerSettings) -> None:
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorMappingInterceptor()]
     if settings.api_keys:
         interceptors.insert(0, ApiKeyInterceptor(settings.api_keys))
-    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
-    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(registry), server)
-    embedding_pb2_grpc.add_EmbeddingServicer_to_server(EmbeddingServicer(registry), server)
-    tokenization_pb2_grpc.add_TokenizationServicer_to_server(TokenizationServicer(registry), server)
-    models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(registry), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    servicers = ApiServicers(
+        generation=GenerationServicer(registry),
+        embedding=EmbeddingServicer(registry),
+        tokenization=TokenizationServicer(registry),
+        models=ModelsServicer(registry),
+    )
+    server, health_servicer = api_server(servicers, interceptors)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    if server.add_insecure_port(settings.address) == 0:
-        raise SystemExit(f"cannot listen on {settings.address}")
+    check_can_listen(settings.grpc_host, settings.grpc_port, f"--grpc-port {settings.grpc_port}")
+    server.add_insecure_port(settings.address)
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     stop_metrics: Callable[[], None] | None = None
     if settings.metrics_port:
         try:
             stop_metrics = serve_metrics(settings.grpc_host, settings.metrics_port, registry)
         except OSError as error:
-            raise SystemExit(
-                f"cannot serve metrics on {settings.grpc_host}:{settings.metrics_port}: {error}"
+            raise StartupError(
+                f"--metrics-port {settings.metrics_port}",
+                f"cannot listen on {settings.grpc_host}:{settings.metrics_port}: {error.strerror or error}",
             ) from None
         log.info("metrics on http://%s:%d/metrics", settings.grpc_host, settings.metrics_port)
     await server.start()
@@ -202,27 +208,14 @@ async def serve(settings: WorkerSettings) -> None:
         stop_metrics()
 
 
-def checked_settings(args: argparse.Namespace) -> WorkerSettings:
-    """The worker's settings, with everything that needs no model loading checked first: flag
-    values (e.g. --price), model paths, prices for models not served. A problem is a one-line
-    SystemExit, not a traceback after the models have loaded."""
-    try:
-        settings = WorkerSettings.from_args(args)
-        served = {parse_spec(spec).model_id for spec in (*settings.generation_models, *settings.embedding_models)}
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"tokenwire worker: {error}") from None
-    unknown = ", ".join(sorted(set(settings.prices) - served))
-    if unknown:
-        raise SystemExit(f"tokenwire worker: --price names models that are not served: {unknown}")
-    return settings
-
-
 def run_worker(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = checked_settings(args)
-    tracing.configure("tokenwire-worker", settings.otlp_endpoint)
-    # The engine thread needs the GIL back after every tensor operation; with the default 5 ms
-    # switch interval it waits behind the event loop's work, which measured 23 ms per token
-    # against 15 ms with 0.5 ms for one stream on 2 cores.
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    asyncio.run(serve(settings))
+    with one_line_errors("worker"):
+        settings = checked_settings(args)
+        check_hardware(settings)
+        tracing.configure("tokenwire-worker", settings.otlp_endpoint)
+        # The engine thread needs the GIL back after every tensor operation; with the default 5 ms
+        # switch interval it waits behind the event loop's work, which measured 23 ms per token
+        # against 15 ms with 0.5 ms for one stream on 2 cores.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        asyncio.run(serve(settings))

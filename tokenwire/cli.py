@@ -1,18 +1,20 @@
 """The `tokenwire` command: `worker` (gRPC, torch), `bridge` (OpenAI REST) and `serve` (both).
 
-Subcommands import their packages lazily, so `tokenwire bridge` never imports torch.
+Subcommands import their packages lazily: `tokenwire bridge` never imports torch, and
+`tokenwire serve` leaves it to its worker process.
 """
 from __future__ import annotations
 
-import argparse
 import sys
+
+from tokenwire.startup import OneLineErrorParser
 
 # `tokenwire serve` exposes the worker's metrics by default (a lone worker does not).
 SERVE_METRICS_PORT = 9400
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="tokenwire", description=__doc__)
+    parser = OneLineErrorParser(prog="tokenwire", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser("worker", help="serve the gRPC API from a torch worker")
     bridge = commands.add_parser("bridge", help="serve the OpenAI REST API over a gRPC worker")

@@ -9,6 +9,8 @@ when; meanwhile the bridge answers 503 with Retry-After.
 SIGTERM or Ctrl-C drains: first the bridge, which stops taking connections and finishes the
 requests it has (the worker still serves them), then the worker, which finishes the calls of its
 own gRPC clients. Each has the worker's --shutdown-grace to do so.
+
+The launcher itself never imports torch: only the worker process does.
 """
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+
+from rest_bridge.config import BridgeSettings
+from service.config import checked_settings
+from tokenwire.startup import one_line_errors
 
 log = logging.getLogger("tokenwire.serve")
 
@@ -74,6 +80,18 @@ def _child_main(target: Callable[[argparse.Namespace], None], args: argparse.Nam
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     target(args)
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from service.server import run_worker
+
+    run_worker(args)
+
+
+def _bridge(args: argparse.Namespace) -> None:
+    from rest_bridge.app import run_bridge
+
+    run_bridge(args)
 
 
 def _exit_reason(exitcode: int | None) -> str:
@@ -154,15 +172,12 @@ def _drain(bridge: _Child, worker: _Child, grace_s: float) -> None:
 
 
 def run_stack(args: argparse.Namespace) -> int:
-    from rest_bridge.app import run_bridge
-    from rest_bridge.config import BridgeSettings
-    from service.server import checked_settings, run_worker
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A bad flag stops `serve` before either process starts.
-    settings = checked_settings(args)
+    with one_line_errors("worker"):
+        settings = checked_settings(args)
     BridgeSettings.from_args(args)
-    worker, bridge = _Child("worker", run_worker), _Child("bridge", run_bridge)
+    worker, bridge = _Child("worker", _worker), _Child("bridge", _bridge)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())

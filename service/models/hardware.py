@@ -18,11 +18,20 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 
 
 def resolve_device(requested: str) -> torch.device:
+    """The --device value as a device of this machine; ValueError when it has no such device."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {requested}: no CUDA device is available")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError("expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"this machine has {torch.cuda.device_count()} CUDA devices")
+    elif device.type != "cpu":
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
     return device
 
 
@@ -42,7 +51,7 @@ def resolve_dtype(requested: str, device: torch.device, *, embedding: bool = Fal
         try:
             return _DTYPES[requested]
         except KeyError:
-            raise ValueError(f"--dtype must be auto or one of {', '.join(_DTYPES)}") from None
+            raise ValueError(f"expected auto or one of {', '.join(_DTYPES)}") from None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if embedding:
@@ -64,7 +73,7 @@ def resolve_quantization(
     if requested != "auto":
         quantization = Quantization(requested)
         if quantization is not Quantization.NONE and device.type != "cpu":
-            raise ValueError(f"--quantization {requested} runs on CPU only; use none on {device}")
+            raise ValueError(f"runs on CPU only; use none on {device}")
         return quantization
     if device.type == "cpu" and gguf_bits == 4 and native_kernels:
         return Quantization.INT4

@@ -10,12 +10,12 @@ import threading
 import grpc
 import httpx
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from tests.conftest import CACHE_DIR
+from tests.rich_status import reason
 from tests.servers import WORKER_START_TIMEOUT_S, free_port, grpc_serving, start, start_bridge, start_worker
-from tokenwire.v1 import generation_pb2, generation_pb2_grpc, models_pb2, models_pb2_grpc
+from tokenwire.stubs import WorkerStubs
+from tokenwire.v1 import generation_pb2, models_pb2
 
 from .conftest import CHAT_MODEL
 
@@ -49,7 +49,7 @@ def test_sigterm_lets_in_flight_streams_finish(tmp_path):
             stopping=generation_pb2.StoppingCriteria(max_new_tokens=150, ignore_eos=True),
         )
         with grpc.insecure_channel(address) as channel:
-            _, events = _sigterm_while_streaming(worker, generation_pb2_grpc.GenerationStub(channel), request)
+            _, events = _sigterm_while_streaming(worker, WorkerStubs.on(channel).generation, request)
         assert events[-1].HasField("usage") and events[-1].usage.completion_tokens == 150
         assert worker.process.wait(timeout=60) == 0
     finally:
@@ -65,7 +65,7 @@ def test_sigterm_after_the_grace_period_aborts_streams_that_still_end_ok(tmp_pat
             response=generation_pb2.ResponseOptions(token_ids=True),
         )
         with grpc.insecure_channel(address) as channel:
-            stub = generation_pb2_grpc.GenerationStub(channel)
+            stub = WorkerStubs.on(channel).generation
             unary = stub.Generate.future(request)  # sent first: in flight once the stream has begun
             stream, events = _sigterm_while_streaming(worker, stub, request, metadata=[("x-request-id", "long-1")])
             assert stream.code() == grpc.StatusCode.OK
@@ -82,23 +82,37 @@ def test_sigterm_after_the_grace_period_aborts_streams_that_still_end_ok(tmp_pat
         worker.stop()
 
 
-@pytest.mark.parametrize("command", ["worker", "serve"])
 @pytest.mark.parametrize(
-    ("flags", "message"),
+    ("command", "flags", "line"),
     [
-        (["--price", "foo/bar=1,2"], "--price names models that are not served: foo/bar"),
-        (["--model", "/nowhere/model.gguf"], "model '/nowhere/model.gguf': /nowhere/model.gguf does not exist"),
+        ("worker", ["--price", "foo/bar=1,2"], "tokenwire worker: --price foo/bar=1,2: foo/bar is not served here"),
+        ("serve", ["--model", "/nowhere/model.gguf"],
+         "tokenwire worker: --model /nowhere/model.gguf: /nowhere/model.gguf does not exist"),
     ],
-    ids=["price", "model-path"],
+    ids=["worker-price", "serve-model-path"],
 )
-def test_flags_that_need_no_model_are_checked_before_loading(command, flags, message):
+def test_flags_that_need_no_model_are_checked_before_loading(command, flags, line):
+    """One line and a non-zero status; tests/unit/test_startup.py goes through every kind of
+    start-up error in process."""
     ports = ["--grpc-port", str(free_port())] + (["--http-port", str(free_port())] if command == "serve" else [])
     result = subprocess.run(
-        [sys.executable, "-m", "tokenwire.cli", command, *ports, *flags],
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "tokenwire.cli", command, *ports, *flags], capture_output=True, text=True, timeout=120
     )
     assert result.returncode != 0
-    assert result.stderr.splitlines() == [f"tokenwire worker: {message}"] and not result.stdout
+    assert result.stderr.splitlines() == [line] and not result.stdout
+
+
+def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path):
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    spec = f"acme/empty={not_a_model}"
+    result = subprocess.run(
+        [sys.executable, "-m", "tokenwire.cli", "worker", "--grpc-port", str(free_port()), "--cache-dir", str(CACHE_DIR),
+         "--no-default-models", "--model", spec],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"tokenwire worker: --model {spec}: cannot load it: ")
 
 
 def test_models_are_unavailable_while_loading(tmp_path):
@@ -110,17 +124,14 @@ def test_models_are_unavailable_while_loading(tmp_path):
     try:
         worker.wait_until(lambda: not grpc_serving(address), 60)  # listening, still loading
         with grpc.insecure_channel(address) as channel:
-            models = models_pb2_grpc.ModelsStub(channel)
+            models = WorkerStubs.on(channel).models
             for call in (
                 lambda: models.ListModels(models_pb2.ListModelsRequest()),
                 lambda: models.GetModel(models_pb2.GetModelRequest(id=CHAT_MODEL)),
             ):
                 with pytest.raises(grpc.RpcError) as caught:
                     call()
-                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-                [detail] = rpc_status.from_call(caught.value).details
-                info = error_details_pb2.ErrorInfo()
-                assert detail.Unpack(info) and info.reason == "NOT_READY"
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE and reason(caught.value) == "NOT_READY"
             assert httpx.get(f"{bridge_url}/v1/models", timeout=10).status_code == 503
             assert not grpc_serving(address)  # all of the above happened while loading
             worker.wait_until(lambda: grpc_serving(address), WORKER_START_TIMEOUT_S)
@@ -135,12 +146,12 @@ def test_a_frozen_worker_fails_metadata_calls_fast(tmp_path):
         tmp_path, "--cache-dir", str(CACHE_DIR), "--no-default-models", "--model", CHAT_MODEL
     )
     try:
-        url, bridge = start_bridge(tmp_path, address)
+        url, bridge = start_bridge(tmp_path, address, "--metadata-timeout", "0.5")
         try:
             assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 200
             worker.process.send_signal(signal.SIGSTOP)
             try:
-                # The metadata deadline is a few seconds, the request timeout ten minutes.
+                # The metadata deadline is half a second, the request timeout ten minutes.
                 for path in ("/v1/models", "/health"):
                     response = httpx.get(f"{url}{path}", timeout=60)
                     assert response.status_code == 504 and response.json()["error"]["type"] == "timeout"
