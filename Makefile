@@ -40,8 +40,9 @@ serve: $(STAMP)
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
+# Without the real models (tests marked `model`, see tests/conftest.py): well under a minute.
 test-unit: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/unit
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not model" tests/unit
 
 test-integration: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/integration

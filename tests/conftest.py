@@ -1,16 +1,32 @@
-"""Shared fixtures: the real default models, loaded once per test session."""
+"""Shared fixtures: the real default models, loaded once per test session, and the tiers.
+
+A test that needs the real models (loaded in this process, or served by a worker) is marked
+`model` without saying so: it asks for one of MODEL_FIXTURES, or its module is marked. `make
+test-unit` runs the unit tests that are not (`-m "not model"`), in well under a minute.
+"""
 from __future__ import annotations
 
 import argparse
 import os
-import pathlib
+import shutil
 
 import pytest
 
+from service.config import default_cache_dir
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# Converted weights are cached across runs (and shared with `make serve`).
-CACHE_DIR = pathlib.Path(os.environ.get("TOKENWIRE_CACHE_DIR", pathlib.Path.home() / ".cache" / "tokenwire"))
+# Converted weights are cached across runs (and shared with `make serve`); TOKENWIRE_CACHE_DIR
+# moves them, as it moves the worker's.
+CACHE_DIR = default_cache_dir()
+# Fixtures that load the real default models (hf_model: tests/unit/service/test_engine.py).
+MODEL_FIXTURES = frozenset({"generation_model", "hf_model", "worker_address", "bridge_url", "secured"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +50,26 @@ def generation_model(worker_settings):
 
 
 @pytest.fixture(scope="session")
-def tokenizer(generation_model):
-    return generation_model.tokenizer
+def tokenizer():
+    """The default generation model's tokenizer alone: no weights are converted or loaded.
+
+    transformers reads it from the GGUF in about 15 s, so it is kept in the cache directory,
+    by the GGUF's version, and read from there in well under a second after the first time."""
+    from transformers import AutoTokenizer
+
+    from service.models.packaged import DEFAULT_GENERATION_MODEL
+    from service.models.weights import weights_version
+
+    gguf = DEFAULT_GENERATION_MODEL.locate()
+    cached = CACHE_DIR / "tokenizers" / f"{gguf.stem}-{weights_version(gguf, CACHE_DIR)}"
+    if not cached.exists():
+        staging = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(staging)
+        try:
+            staging.rename(cached)
+        except OSError:  # another test session saved it first
+            shutil.rmtree(staging)
+    return AutoTokenizer.from_pretrained(cached)
 
 
 @pytest.fixture(scope="session")

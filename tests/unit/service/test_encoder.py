@@ -27,6 +27,7 @@ def bert():
     return model, [tokenizer.encode(text) for text in TEXTS]
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_the_lean_encoder_matches_transformers(bert, pooling):
     model, batch = bert
@@ -37,6 +38,7 @@ def test_the_lean_encoder_matches_transformers(bert, pooling):
     torch.testing.assert_close(lean(batch), expected, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.model
 def test_a_sentence_gets_the_same_vector_alone_and_in_a_batch(bert):
     model, batch = bert
     lean = create_encoder(model, pooling="mean", pad_token_id=0)
@@ -58,6 +60,7 @@ def test_other_architectures_run_on_transformers_forward():
     torch.testing.assert_close(vectors[1], alone[0], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.model
 def test_unknown_pooling_is_refused(bert):
     with pytest.raises(ValueError, match="pooling"):
         create_encoder(bert[0], pooling="max", pad_token_id=0)
