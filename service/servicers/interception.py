@@ -3,15 +3,16 @@ reflection pass untouched), and they replace a method's behaviour keeping its ki
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
 SERVICE_PREFIX = "/tokenwire.v1."
 
 Behavior = Callable[..., Any]
+HandlerKind = Literal["unary_unary", "unary_stream", "stream_unary", "stream_stream"]
 
-_HANDLER_FACTORIES = {
+_HANDLER_FACTORIES: dict[HandlerKind, Callable[..., grpc.RpcMethodHandler]] = {
     "unary_unary": grpc.unary_unary_rpc_method_handler,
     "unary_stream": grpc.unary_stream_rpc_method_handler,
     "stream_unary": grpc.stream_unary_rpc_method_handler,
@@ -20,10 +21,10 @@ _HANDLER_FACTORIES = {
 
 
 def replace_behavior(
-    handler: grpc.RpcMethodHandler, replace: Callable[[str, Behavior], Behavior | None]
+    handler: grpc.RpcMethodHandler, replace: Callable[[HandlerKind, Behavior], Behavior | None]
 ) -> grpc.RpcMethodHandler:
-    """A handler of `handler`'s kind and codec whose behaviour is `replace(kind, behaviour)`
-    ("unary_unary", "unary_stream"…); `handler` itself where that is None."""
+    """A handler of `handler`'s kind and codec whose behaviour is `replace(kind, behaviour)`;
+    `handler` itself where that is None."""
     for kind, factory in _HANDLER_FACTORIES.items():
         behavior = getattr(handler, kind)
         if behavior is not None:

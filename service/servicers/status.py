@@ -23,7 +23,7 @@ from service.errors import (
     Unauthenticated,
     WrongModelKind,
 )
-from service.servicers.interception import ApiInterceptor, Behavior, replace_behavior
+from service.servicers.interception import ApiInterceptor, Behavior, HandlerKind, replace_behavior
 from service.servicers.request_context import bind_request_id, request_id
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def _wrap_stream(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., A
     return handler
 
 
-def _with_error_mapping(kind: str, behavior: Behavior) -> Behavior | None:
+def _with_error_mapping(kind: HandlerKind, behavior: Behavior) -> Behavior | None:
     if kind == "unary_unary":
         return _wrap_unary(behavior)
     if kind == "unary_stream" and inspect.isasyncgenfunction(behavior):

@@ -36,12 +36,14 @@ def _sigterm_while_streaming(worker, stub, request, metadata=()) -> tuple[grpc.C
     reader = threading.Thread(target=lambda: events.extend(stream))
     reader.start()
     worker.process.send_signal(signal.SIGTERM)
-    reader.join(timeout=60)
+    reader.join(timeout=600)  # returns when the stream ends
     return stream, events
 
 
 def test_sigterm_lets_in_flight_streams_finish(tmp_path):
-    address, worker = _chat_worker(tmp_path, shutdown_grace_s=30)
+    # A grace period far longer than the stream needs, however slow the machine: the worker exits
+    # as soon as the stream has ended.
+    address, worker = _chat_worker(tmp_path, shutdown_grace_s=600)
     try:
         request = generation_pb2.GenerateRequest(
             text="Write a long story.",
@@ -120,7 +122,8 @@ def test_models_are_unavailable_while_loading(tmp_path):
     port = free_port()
     address = f"127.0.0.1:{port}"
     bridge_url, bridge = start_bridge(tmp_path, address)
-    worker = start("worker", ["worker", "--grpc-port", str(port), "--cache-dir", str(CACHE_DIR)], tmp_path)
+    flags = ["--grpc-port", str(port), "--cache-dir", str(CACHE_DIR), "--no-default-models", "--model", CHAT_MODEL]
+    worker = start("worker", ["worker", *flags], tmp_path)
     try:
         worker.wait_until(lambda: not grpc_serving(address), 60)  # listening, still loading
         with grpc.insecure_channel(address) as channel:

@@ -221,4 +221,3 @@ def test_pitfall_15_bad_requests_fail_fast(bridge_url, path):
             _envelope(reply)
         missing = quick.post(path, json={"model": CHAT_MODEL})
         assert missing.status_code == 400 and _envelope(missing)["message"]
-

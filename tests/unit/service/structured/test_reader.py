@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from service.engine.types import Finish, FinishReason, SequenceUpdate
+from service.structured.grammar import ToolChoice
+from service.structured.plan import OutputPlan
 from service.structured.reader import ToolCallReader, merge_tool_call_deltas
 from tokenwire.v1 import generation_pb2
 
@@ -36,3 +38,10 @@ def test_text_alone_or_a_cut_turn_does_not_finish_with_calls():
 def test_calls_only_drops_the_markup_of_a_call_cut_before_its_name():
     reader = ToolCallReader(finish_with_tool_calls=False, calls_only=True)
     assert _read(reader, ['<tool_call>\n{"na'], FinishReason.LENGTH) == ("", [], False)
+
+
+def test_each_tool_choice_reads_the_output_its_way():
+    assert OutputPlan().tool_call_reader() is None  # no tools: the text is all content
+    readers = {choice: OutputPlan(tool_choice=choice).tool_call_reader() for choice in ToolChoice if choice is not ToolChoice.NONE}
+    flags = {choice: (reader.finish_with_tool_calls, reader.calls_only) for choice, reader in readers.items()}
+    assert flags == {ToolChoice.AUTO: (True, False), ToolChoice.REQUIRED: (True, True), ToolChoice.NAMED: (False, True)}
