@@ -5,16 +5,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .conftest import CHAT_MODEL
 
-PROMPTS = [
-    "Write a short story about a robot who learns to paint.",
-    "Explain how a refrigerator works to a ten year old.",
-    "List five facts about the planet Mars.",
-    "Describe the water cycle in a few sentences.",
-    "What are the benefits of regular exercise?",
-    "Give me a recipe for a simple tomato soup.",
-    "Why is the sky blue? Explain briefly.",
-    "Summarize the plot of Romeo and Juliet.",
-]
+TOPICS = ("a robot who paints", "refrigerators", "the planet Mars", "the water cycle", "exercise", "tomato soup",
+          "the blue sky", "Romeo and Juliet")
+PROMPTS = [f"Tell me about {topic} in a few sentences." for topic in TOPICS]
 
 
 def _stream_text(client, prompt: str, max_tokens: int) -> tuple[str, str | None]:

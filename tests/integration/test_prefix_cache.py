@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import uuid
 
-import grpc
-import pytest
-
 from tests.prometheus import scrape
-from tokenwire.v1 import generation_pb2, generation_pb2_grpc, models_pb2, models_pb2_grpc
+from tokenwire.v1 import generation_pb2, models_pb2
 
 from .conftest import BRIDGE_WORKER_KEY, CHAT_MODEL
 
@@ -88,42 +85,32 @@ def test_a_conversations_second_turn_finds_the_first_turn_cached(client):
     assert cached < second.usage.prompt_tokens
 
 
-@pytest.fixture(scope="module")
-def generation(worker_address):
-    with grpc.insecure_channel(worker_address) as channel:
-        yield generation_pb2_grpc.GenerationStub(channel)
-
-
-def test_grpc_reports_cached_tokens_in_prompt_info_and_usage(generation):
+def test_grpc_reports_cached_tokens_in_prompt_info_and_usage(stub):
     request = generation_pb2.GenerateRequest(
         model=CHAT_MODEL,
         text=f"{_system(uuid.uuid4().hex)}\nThe shop opens at",
         sampling=generation_pb2.SamplingParams(temperature=0),
         stopping=generation_pb2.StoppingCriteria(max_new_tokens=4),
     )
-    first = generation.Generate(request, timeout=60)
-    events = list(generation.GenerateStream(request, timeout=60))
+    first = stub.Generate(request, timeout=60)
+    events = list(stub.GenerateStream(request, timeout=60))
     info, usage = events[0].prompt_info, events[-1].usage
     assert first.prompt_info.cached_tokens == first.usage.cached_tokens == 0
     assert info.cached_tokens == usage.cached_tokens == _full_blocks(info.prompt_tokens) > 0
     assert "".join(e.delta.text for e in events if e.HasField("delta")) == first.sequences[0].text
 
 
-def test_the_worker_exports_kv_cache_and_prefix_cache_metrics(secured):
+def test_the_worker_exports_kv_cache_and_prefix_cache_metrics(secured, secured_stubs):
     metadata = (("authorization", f"Bearer {BRIDGE_WORKER_KEY}"),)
     request = generation_pb2.GenerateRequest(
         model=CHAT_MODEL,
         text=f"{_system(uuid.uuid4().hex)}\nReturns are accepted within",
         stopping=generation_pb2.StoppingCriteria(max_new_tokens=2),
     )
-    with grpc.insecure_channel(secured.grpc_address) as channel:
-        stub = generation_pb2_grpc.GenerationStub(channel)
-        stub.Generate(request, metadata=metadata, timeout=60)
-        before = scrape(secured.worker_metrics_url)
-        reply = stub.Generate(request, metadata=metadata, timeout=60)
-        card = models_pb2_grpc.ModelsStub(channel).GetModel(
-            models_pb2.GetModelRequest(id=CHAT_MODEL), metadata=metadata, timeout=10
-        )
+    secured_stubs.generation.Generate(request, metadata=metadata, timeout=60)
+    before = scrape(secured.worker_metrics_url)
+    reply = secured_stubs.generation.Generate(request, metadata=metadata, timeout=60)
+    card = secured_stubs.models.GetModel(models_pb2.GetModelRequest(id=CHAT_MODEL), metadata=metadata, timeout=10)
     after = scrape(secured.worker_metrics_url)
     model = {"model": CHAT_MODEL}
 

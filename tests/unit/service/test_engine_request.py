@@ -9,14 +9,21 @@ import pytest
 from service.errors import ContextLengthExceeded, InvalidRequest
 from service.servicers import prompt_input
 from service.servicers.engine_request import build_engine_request
+from tokenwire.limits import DEFAULT_MAX_RUNNING
 from tokenwire.v1 import generation_pb2
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer) -> SimpleNamespace:
     """Just what build_engine_request reads of the default GenerationModel: its tokenizer, its
-    context length and its sampling defaults (none that these tests leave unset)."""
-    return SimpleNamespace(tokenizer=tokenizer, card=SimpleNamespace(context_length=8192), sampling_defaults={})
+    context length, its sampling defaults (none that these tests leave unset), and of its engine
+    the running limit and a KV cache that holds a whole context."""
+    return SimpleNamespace(
+        tokenizer=tokenizer,
+        card=SimpleNamespace(context_length=8192),
+        sampling_defaults={},
+        engine=SimpleNamespace(max_running=DEFAULT_MAX_RUNNING, max_sequence_tokens=8192),
+    )
 
 
 def _build(model, **fields) -> None:
