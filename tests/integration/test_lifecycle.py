@@ -117,11 +117,13 @@ def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path):
     assert result.stderr.splitlines()[-1].startswith(f"tokenwire worker: --model {spec}: cannot load it: ")
 
 
-def test_models_are_unavailable_while_loading(tmp_path):
-    """A client that lists the models at start-up must not conclude that its model does not exist."""
+def test_metadata_calls_while_the_worker_loads_and_when_it_freezes(tmp_path):
+    """A client that lists the models at start-up must not conclude that its model does not exist:
+    the models are UNAVAILABLE (503) while loading. Later, a frozen worker fails the bridge's
+    metadata calls after the metadata deadline (half a second here), not the request timeout."""
     port = free_port()
     address = f"127.0.0.1:{port}"
-    bridge_url, bridge = start_bridge(tmp_path, address)
+    bridge_url, bridge = start_bridge(tmp_path, address, "--metadata-timeout", "0.5")
     flags = ["--grpc-port", str(port), "--cache-dir", str(CACHE_DIR), "--no-default-models", "--model", CHAT_MODEL]
     worker = start("worker", ["worker", *flags], tmp_path)
     try:
@@ -139,29 +141,15 @@ def test_models_are_unavailable_while_loading(tmp_path):
             assert not grpc_serving(address)  # all of the above happened while loading
             worker.wait_until(lambda: grpc_serving(address), WORKER_START_TIMEOUT_S)
             assert CHAT_MODEL in {m.id for m in models.ListModels(models_pb2.ListModelsRequest()).models}
+        assert httpx.get(f"{bridge_url}/v1/models", timeout=10).status_code == 200
+        worker.process.send_signal(signal.SIGSTOP)
+        try:
+            for path in ("/v1/models", "/health"):
+                response = httpx.get(f"{bridge_url}{path}", timeout=60)
+                assert response.status_code == 504 and response.json()["error"]["type"] == "timeout"
+        finally:
+            worker.process.send_signal(signal.SIGCONT)
+        assert httpx.get(f"{bridge_url}/v1/models", timeout=10).status_code == 200
     finally:
         worker.stop()
         bridge.stop()
-
-
-def test_a_frozen_worker_fails_metadata_calls_fast(tmp_path):
-    address, worker = start_worker(
-        tmp_path, "--cache-dir", str(CACHE_DIR), "--no-default-models", "--model", CHAT_MODEL
-    )
-    try:
-        url, bridge = start_bridge(tmp_path, address, "--metadata-timeout", "0.5")
-        try:
-            assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 200
-            worker.process.send_signal(signal.SIGSTOP)
-            try:
-                # The metadata deadline is half a second, the request timeout ten minutes.
-                for path in ("/v1/models", "/health"):
-                    response = httpx.get(f"{url}{path}", timeout=60)
-                    assert response.status_code == 504 and response.json()["error"]["type"] == "timeout"
-            finally:
-                worker.process.send_signal(signal.SIGCONT)
-            assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 200
-        finally:
-            bridge.stop()
-    finally:
-        worker.stop()
