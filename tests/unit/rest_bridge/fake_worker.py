@@ -234,6 +234,8 @@ class Tokenization(TokenizationServicer):
 
 @dataclass
 class FakeWorker:
+    # Stopping it early makes the worker go down (fake_worker_serving stops it again, harmlessly).
+    server: grpc.aio.Server
     address: str
     record: Record
     health: grpc_health.aio.HealthServicer
@@ -252,4 +254,4 @@ async def fake_worker_serving(api_keys: Sequence[str] = ()) -> AsyncIterator[Fak
     server, health_servicer = api_server(servicers, [ApiKeyInterceptor(api_keys)] if api_keys else [])
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     async with listening(server) as address:
-        yield FakeWorker(address=address, record=record, health=health_servicer, generation=generation)
+        yield FakeWorker(server=server, address=address, record=record, health=health_servicer, generation=generation)

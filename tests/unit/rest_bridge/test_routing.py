@@ -12,16 +12,15 @@ import pytest
 from rest_bridge.app import create_app
 from rest_bridge.config import BridgeSettings, add_bridge_arguments
 from rest_bridge.upstream import Upstreams
-from tests.unit.rest_bridge.fake_worker import EMBEDDING_MODEL, GENERATION_MODEL, FakeWorker, start_fake_worker
+from tests.unit.rest_bridge.fake_worker import EMBEDDING_MODEL, GENERATION_MODEL, FakeWorker, fake_worker_serving
 
 CHAT = {"model": GENERATION_MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture
 async def embedder() -> AsyncIterator[FakeWorker]:
-    fake = await start_fake_worker()
-    yield fake
-    await fake.server.stop(grace=None)
+    async with fake_worker_serving() as fake:
+        yield fake
 
 
 @pytest.fixture
