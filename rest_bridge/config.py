@@ -10,7 +10,7 @@ from typing import Any
 from rest_bridge.store import default_data_dir
 from tokenwire.api_keys import add_api_key_argument
 from tokenwire.limits import DEFAULT_MAX_RUNNING
-from tokenwire.startup import env, port, seconds, whole_number
+from tokenwire.startup import add_repeatable, env, port, seconds, whole_number
 from tokenwire.tracing import add_tracing_argument
 
 # Batch API lines in flight at most: enough to keep the worker's batch busy, and fewer than its
@@ -46,14 +46,14 @@ def add_bridge_arguments(parser: argparse.ArgumentParser, standalone: bool = Tru
         "gRPC deadline in seconds of /health and the model list, which a worker answers at once",
         type=seconds,
     )
-    group.add_argument(
+    add_repeatable(
+        group,
         "--worker",
-        action="append",
         dest="model_workers",
-        default=[item for item in env("WORKERS", "").split(",") if item],
+        variable="WORKERS",
         metavar="MODEL=ADDRESS",
         help="send the requests for MODEL to the worker (or Envoy) at host:port ADDRESS; other "
-        "models go to the default worker (repeatable; env TOKENWIRE_WORKERS, comma-separated)",
+        "models go to the default worker",
     )
     group.add_argument(
         "--data-dir",

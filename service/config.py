@@ -13,7 +13,7 @@ from service.models.packaged import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATION_
 from service.models.sources import parse_spec
 from tokenwire.api_keys import add_api_key_argument
 from tokenwire.limits import DEFAULT_MAX_RUNNING
-from tokenwire.startup import StartupError, env, port, seconds, whole_number
+from tokenwire.startup import StartupError, add_repeatable, env, port, seconds, whole_number
 from tokenwire.tracing import add_tracing_argument
 
 
@@ -100,27 +100,21 @@ def add_worker_arguments(parser: argparse.ArgumentParser, metrics_port: int = 0)
         "0 = off (env TOKENWIRE_METRICS_PORT; default %(default)s)",
     )
     add_api_key_argument(group)
-    group.add_argument(
+    add_repeatable(
+        group,
         "--price",
-        action="append",
         dest="prices",
-        default=[item for item in env("PRICES", "").split(";") if item],
+        variable="PRICES",
         metavar="MODEL_ID=INPUT,OUTPUT",
         help="USD per million prompt (INPUT) and completion (OUTPUT) tokens of a served model, "
-        "for usage.estimated_cost; default 0 (repeatable; env TOKENWIRE_PRICES, ';'-separated)",
+        "for usage.estimated_cost; default 0",
+        separator=";",
     )
     for flag, variable, what in (
         ("--model", "MODELS", "generation model to serve: a HF directory, a .gguf file or a packaged model id"),
         ("--embedding-model", "EMBEDDING_MODELS", "embedding model to serve: a sentence-transformers directory"),
     ):
-        group.add_argument(
-            flag,
-            action="append",
-            dest=variable.lower(),
-            default=[item for item in env(variable, "").split(",") if item],
-            metavar="[ID=]PATH",
-            help=f"{what} (repeatable; env TOKENWIRE_{variable}, comma-separated)",
-        )
+        add_repeatable(group, flag, dest=variable.lower(), variable=variable, metavar="[ID=]PATH", help=what)
     group.add_argument(
         "--no-default-models",
         action="store_true",

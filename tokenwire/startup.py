@@ -42,6 +42,20 @@ def env(name: str, default: str) -> str:
     return os.environ.get(f"TOKENWIRE_{name}", default)
 
 
+def add_repeatable(
+    group: argparse._ArgumentGroup, flag: str, *, dest: str, variable: str, metavar: str, help: str, separator: str = ","
+) -> None:
+    """A repeatable flag whose values add to those of TOKENWIRE_<variable>, `separator`-separated."""
+    group.add_argument(
+        flag,
+        action="append",
+        dest=dest,
+        default=[item for item in env(variable, "").split(separator) if item],
+        metavar=metavar,
+        help=f"{help} (repeatable; env TOKENWIRE_{variable}, {separator!r}-separated)",
+    )
+
+
 def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse type: a whole number in [minimum, maximum]."""
 
