@@ -155,7 +155,9 @@ class Generation(GenerationServicer):
                 while True:
                     yield generation_pb2.GenerateStreamResponse(delta=generation_pb2.SequenceDelta(text="."))
                     await asyncio.sleep(0.02)
-            except asyncio.CancelledError:
+            # Cancelled while it sleeps, or closed at a yield when the call was cancelled while
+            # grpc wrote the last delta: either way the stream ended only because the call did.
+            except (asyncio.CancelledError, GeneratorExit):
                 self.record.cancelled.set()
                 raise
         if text == "break":
