@@ -8,9 +8,12 @@ import pathlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from service.models.packaged import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATION_MODEL
+from service.models.reference import REFERENCE_MODELS
 from service.models.sources import parse_spec
+from service.models.weights import has_weights
 from tokenwire.api_keys import add_api_key_argument
 from tokenwire.limits import DEFAULT_MAX_RUNNING
 from tokenwire.startup import StartupError, add_repeatable, env, port, seconds, whole_number
@@ -116,6 +119,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser, metrics_port: int = 0)
     ):
         add_repeatable(group, flag, dest=variable.lower(), variable=variable, metavar="[ID=]PATH", help=what)
     group.add_argument(
+        "--load-format",
+        choices=("auto", "dummy"),
+        default=env("LOAD_FORMAT", "auto"),
+        help="dummy: generation models get seeded random weights built from their config.json alone, "
+        "for measuring speed at a real shape (a directory with a config.json, or a reference model id: "
+        f"{', '.join(REFERENCE_MODELS)})",
+    )
+    group.add_argument(
         "--no-default-models",
         action="store_true",
         default=env("NO_DEFAULT_MODELS", "") == "1",
@@ -172,7 +183,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser, metrics_port: int = 0)
 # The settings that are their flag's value as parsed.
 _FLAGS_AS_THEY_ARE = (
     "grpc_host", "grpc_port", "metrics_port", "device", "dtype", "quantization", "threads", "cache_dir",
-    "max_running", "max_waiting", "kv_cache_memory", "prefix_caching", "otlp_endpoint",
+    "max_running", "max_waiting", "kv_cache_memory", "prefix_caching", "otlp_endpoint", "load_format",
 )
 
 
@@ -192,6 +203,7 @@ class WorkerSettings:
     shutdown_grace_s: float
     kv_cache_memory: MemoryBudget = MemoryBudget()
     prefix_caching: bool = True
+    load_format: Literal["auto", "dummy"] = "auto"
     metrics_port: int = 0
     api_keys: tuple[str, ...] = ()
     prices: Mapping[str, Price] = field(default_factory=dict)
@@ -223,6 +235,15 @@ class WorkerSettings:
         ]
 
 
+def _load_format_problem(path: pathlib.Path, load_format: str) -> str | None:
+    """Why a generation model at `path` cannot load in `load_format` (None when it can)."""
+    if load_format == "dummy":
+        return None if (path / "config.json").is_file() else "--load-format dummy needs a directory with a config.json"
+    if not has_weights(path):
+        return "has no weight files (--load-format dummy serves its config with random weights)"
+    return None
+
+
 def checked_settings(args: argparse.Namespace) -> WorkerSettings:
     """The worker's settings, with everything that needs neither torch nor a model checked first:
     prices, model paths, prices of models not served. Raises StartupError."""
@@ -235,9 +256,12 @@ def checked_settings(args: argparse.Namespace) -> WorkerSettings:
     served = set()
     for flag, spec in settings.model_flags():
         try:
-            served.add(parse_spec(spec).model_id)
+            source = parse_spec(spec)
         except FileNotFoundError as error:
             raise StartupError(f"{flag} {spec}", str(error)) from None
+        if flag == "--model" and (problem := _load_format_problem(source.path, settings.load_format)):
+            raise StartupError(f"{flag} {spec}", problem)
+        served.add(source.model_id)
     for spec in args.prices:
         model_id, _ = parse_price(spec)
         if model_id not in served:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import shutil
 
 import pytest
 
@@ -52,25 +51,13 @@ def generation_model(worker_settings):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    """The default generation model's tokenizer alone: no weights are converted or loaded.
-
-    transformers reads it from the GGUF in about 15 s, so it is kept in the cache directory,
-    by the GGUF's version, and read from there in well under a second after the first time."""
+    """The default generation model's tokenizer alone: no weights are converted or loaded."""
     from transformers import AutoTokenizer
 
     from service.models.packaged import DEFAULT_GENERATION_MODEL
-    from service.models.weights import weights_version
+    from service.models.weights import gguf_tokenizer_dir
 
-    gguf = DEFAULT_GENERATION_MODEL.locate()
-    cached = CACHE_DIR / "tokenizers" / f"{gguf.stem}-{weights_version(gguf, CACHE_DIR)}"
-    if not cached.exists():
-        staging = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
-        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(staging)
-        try:
-            staging.rename(cached)
-        except OSError:  # another test session saved it first
-            shutil.rmtree(staging)
-    return AutoTokenizer.from_pretrained(cached)
+    return AutoTokenizer.from_pretrained(gguf_tokenizer_dir(DEFAULT_GENERATION_MODEL.locate(), CACHE_DIR))
 
 
 @pytest.fixture(scope="session")

@@ -142,6 +142,7 @@ class GenerationEngine:
         tokenizer: Decoder,
         eos_token_ids: frozenset[int],
         *,
+        sampled_vocab: int | None = None,
         max_running: int = 16,
         max_waiting: int = 256,
         step_tokens: int = 160,
@@ -152,12 +153,14 @@ class GenerationEngine:
         """`step_tokens` bounds the tokens of one forward step (decode tokens plus prompt chunks;
         one chunk always goes); `prefill_chunk` must be a multiple of the runner's block size.
         `cache_root` starts the chain of block hashes: it names what besides the tokens decides
-        the keys and values (block_pool.chain_root)."""
+        the keys and values (block_pool.chain_root). Only ids below `sampled_vocab` (by default
+        all the logits') are ever sampled or scored."""
         if prefill_chunk % runner.block_size:
             raise ValueError(f"prefill_chunk {prefill_chunk} is not a multiple of the block size {runner.block_size}")
         self._runner = runner
         self._tokenizer = tokenizer
         self._eos = eos_token_ids
+        self._sampled_vocab = sampled_vocab
         self.max_running = max_running
         self._max_waiting = max_waiting
         self._step_tokens = step_tokens
@@ -462,7 +465,7 @@ class GenerationEngine:
         if not entries:
             return
         forward_started = time.perf_counter()
-        logits = self._runner.step(entries)
+        logits = self._runner.step(entries)[..., : self._sampled_vocab]
         self.stats.forward_seconds += time.perf_counter() - forward_started
         self.stats.tokens += sum(len(entry.token_ids) for entry in entries)
 

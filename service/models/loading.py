@@ -19,6 +19,7 @@ from service.engine.encoder import create_encoder
 from service.engine.engine import GenerationEngine
 from service.engine.quantized import Quantization
 from service.engine.runner import create_runner
+from service.models.dummy import dummy_version, random_model, tokenizer_dir
 from service.models.hardware import dtype_name, kv_cache_bytes, resolve_device, resolve_dtype, resolve_quantization
 from service.models.registry import EmbeddingModel, GenerationModel, KvCacheCard, ModelCard, ModelKind
 from service.models.sources import ModelSource, parse_spec
@@ -50,22 +51,33 @@ def _card(source: ModelSource, kind: ModelKind, version: str, settings: WorkerSe
 def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationModel:
     source = parse_spec(spec)
     started = time.monotonic()
-    version = weights_version(source.path, settings.cache_dir)
-    hf_dir = source.path
-    if source.path.suffix == ".gguf":
-        hf_dir = converted_gguf_dir(source.path, version, settings.cache_dir)
+    dummy = settings.load_format == "dummy"
+    if dummy:
+        version = dummy_version(source.path)
+        tokenizer_path = tokenizer_dir(source.path, settings.cache_dir)
+    else:
+        version = weights_version(source.path, settings.cache_dir)
+        hf_dir = source.path
+        if source.path.suffix == ".gguf":
+            hf_dir = converted_gguf_dir(source.path, version, settings.cache_dir)
+        tokenizer_path = hf_dir
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     gguf_bits = gguf_weight_bits(source.path) if source.path.suffix == ".gguf" else None
     # Before any layer is built, so that --cache-dir counts.
     native_kernels = device.type == "cpu" and native.load(settings.cache_dir / "kernels")
     quantization = resolve_quantization(settings.quantization, device, gguf_bits, native_kernels)
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     # Quantization starts from the exact float32 values (a GGUF's grid), then computes in dtype.
     load_dtype = dtype if quantization is Quantization.NONE else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=load_dtype).to(device).eval()
+    if dummy:
+        model = random_model(source.path, load_dtype, device)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=load_dtype).to(device).eval()
 
-    eos = set(_as_list(model.generation_config.eos_token_id))
+    # Ids past the tokenizer's vocabulary (a padded embedding, a borrowed tokenizer) are never sampled.
+    sampled_vocab = len(tokenizer)
+    eos = {token for token in _as_list(model.generation_config.eos_token_id) if token < sampled_vocab}
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
     configured = model.generation_config.to_diff_dict()
@@ -85,6 +97,7 @@ def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationMode
         runner,
         tokenizer,
         frozenset(eos),
+        sampled_vocab=sampled_vocab,
         max_running=settings.max_running,
         max_waiting=settings.max_waiting,
         prefix_caching=settings.prefix_caching,

@@ -5,6 +5,7 @@ import pathlib
 from dataclasses import dataclass
 
 from service.models.packaged import PACKAGED_MODELS
+from service.models.reference import REFERENCE_MODELS
 
 
 @dataclass(frozen=True)
@@ -14,10 +15,12 @@ class ModelSource:
 
 
 def parse_spec(spec: str) -> ModelSource:
-    """`org/name` of a packaged model, `ID=PATH`, or a bare PATH (id = directory or file name).
-    Raises FileNotFoundError when there is nothing at the path."""
+    """`org/name` of a packaged model or of a reference model's config, `ID=PATH`, or a bare
+    PATH (id = directory or file name). Raises FileNotFoundError when there is nothing at the path."""
     if spec in PACKAGED_MODELS:
         return ModelSource(spec, PACKAGED_MODELS[spec].locate())
+    if spec in REFERENCE_MODELS:
+        return ModelSource(spec, REFERENCE_MODELS[spec])
     model_id, sep, path = spec.partition("=")
     if not sep:
         path = spec
