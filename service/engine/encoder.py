@@ -1,5 +1,5 @@
-"""Forward passes for the embedder: the lean BERT encoder, or transformers' forward for every
-other architecture. Both turn a batch of token-id inputs into pooled vectors."""
+"""Forward passes for the embedder: the CPU backend's lean BERT encoder, or transformers' forward
+on other devices and for every other architecture. Both turn a batch of token-id inputs into pooled vectors."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +7,7 @@ from typing import Protocol
 
 import torch
 
-from service.engine.bert import BertEncoder, lean_encoder_problem
+from service.engine.cpu.bert import BertEncoder, lean_encoder_problem
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ def create_encoder(model: torch.nn.Module, *, pooling: str, pad_token_id: int) -
     if pooling not in ("mean", "cls"):
         raise ValueError(f"unsupported pooling {pooling!r}")
     problem = lean_encoder_problem(model.config)
+    if problem is None and next(model.parameters()).device.type != "cpu":
+        problem = "a device other than the CPU"
     if problem is None:
         return BertEncoder(model, pooling)
     log.info("%s runs on transformers' forward (%s is not supported by the lean encoder)",

@@ -1,5 +1,6 @@
-"""Forward passes for the engine: the lean Llama-family runner, or transformers' forward for
-every other architecture. Both run a step of StepEntry at once over a KV cache of blocks."""
+"""Forward passes for the engine: the lean Llama-family runner of the model's device (cpu/ or
+cuda/, neither of which imports the other), or transformers' forward for every other
+architecture. Both run a step of StepEntry at once over a KV cache of blocks."""
 from __future__ import annotations
 
 import logging
@@ -10,9 +11,11 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from service.engine.kv_cache import blocks_for_budget, bytes_per_token
-from service.engine.llama import LlamaRunner, lean_support_problem
-from service.engine.quantized import Quantization
+from service.engine.cpu.llama import LlamaRunner
+from service.engine.cpu.quantized import Quantization
+from service.engine.cuda.runner import CudaRunner
+from service.engine.kv_memory import BLOCK_SIZE, blocks_for_budget, bytes_per_token
+from service.engine.llama_family import lean_support_problem
 from service.engine.types import StepEntry
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,9 @@ class ModelRunner(Protocol):
     shares_blocks: bool
     # One token's keys and values, in bytes.
     token_bytes: int
+    # Whose kernels compute: "tokenwire" (the CPU backend's), "triton" (the CUDA backend's decode
+    # attention) or "torch". Shown on the model card; it decides the keys and values' last bits.
+    kernels: str
 
     def step(self, entries: list[StepEntry]) -> torch.Tensor:
         """Runs the entries; returns float logits, each entry's last `logits_for` positions in
@@ -54,7 +60,8 @@ class TransformersRunner:
     plain full-attention layers (sliding windows, state-space layers) run every row alone."""
 
     shares_blocks = False
-    block_size = 32
+    block_size = BLOCK_SIZE
+    kernels = "torch"
 
     def __init__(self, model: torch.nn.Module, *, kv_cache_bytes: int) -> None:
         self.model = model
@@ -151,12 +158,19 @@ def create_runner(
     max_length: int,
     dtype: torch.dtype | None = None,
     quantization: Quantization = Quantization.NONE,
+    max_batch: int = 64,
 ) -> ModelRunner:
-    """The lean runner where the architecture allows it, else transformers' forward (which
-    ignores `quantization`). Computes in `dtype`, by default the model's; the KV cache gets
-    `kv_cache_bytes`."""
+    """The lean runner of the model's device where the architecture allows it (the CPU backend,
+    with `quantization`, or the CUDA backend, whose decode steps of up to `max_batch` rows replay
+    CUDA graphs), else transformers' forward (which ignores `quantization`). Computes in `dtype`,
+    by default the model's; the KV cache gets `kv_cache_bytes`."""
     problem = lean_support_problem(model.config)
     if problem is None:
+        if next(model.parameters()).device.type == "cuda":
+            if quantization is not Quantization.NONE:
+                raise ValueError("quantized weights run on CPU only")
+            return CudaRunner(model, kv_cache_bytes=kv_cache_bytes, max_length=max_length, dtype=dtype,
+                              max_batch=max_batch)
         return LlamaRunner(
             model, kv_cache_bytes=kv_cache_bytes, max_length=max_length, dtype=dtype, quantization=quantization
         )

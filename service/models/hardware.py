@@ -12,7 +12,7 @@ from service.config import (
     DEFAULT_CUDA_KV_CACHE_FRACTION,
     MemoryBudget,
 )
-from service.engine.quantized import Quantization
+from service.engine.cpu.quantized import Quantization
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

@@ -12,12 +12,12 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from service.config import Price, WorkerSettings
-from service.engine import native
+from service.engine.cpu import native
 from service.engine.block_pool import chain_root
 from service.engine.embedder import Embedder
 from service.engine.encoder import create_encoder
 from service.engine.engine import GenerationEngine
-from service.engine.quantized import Quantization
+from service.engine.cpu.quantized import Quantization
 from service.engine.runner import create_runner
 from service.models.dummy import dummy_version, random_model, tokenizer_dir
 from service.models.hardware import dtype_name, kv_cache_bytes, resolve_device, resolve_dtype, resolve_quantization
@@ -89,9 +89,10 @@ def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationMode
         max_length=context_length,
         dtype=dtype,
         quantization=quantization,
+        max_batch=settings.max_running,
     )
     del model
-    kernels = native.kernel_path() if device.type == "cpu" else "torch"
+    kernels = runner.kernels
     dtype_label = dtype_name(dtype) if quantization is Quantization.NONE else f"{dtype_name(dtype)}+{quantization.value}"
     engine = GenerationEngine(
         runner,

@@ -51,7 +51,7 @@ class ModelCard:
     has_chat_template: bool = False
     eos_token_ids: tuple[int, ...] = ()
     embedding_dimension: int = 0
-    # "tokenwire" or "torch": whose CPU kernels compute (service/engine/native.py).
+    # "tokenwire", "triton" or "torch": whose kernels compute (runner.ModelRunner.kernels).
     kernels: str = ""
     kv_cache: KvCacheCard | None = None
 

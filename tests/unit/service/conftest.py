@@ -1,5 +1,5 @@
 """Fixtures of the service unit tests: a mark for the tests that need tokenwire's C++ kernels
-(service/engine/native.py) built and runnable here, and a fixture that makes the code under test
+(service/engine/cpu/native.py) built and runnable here, and a fixture that makes the code under test
 fall back to torch's kernels, as on a machine without a compiler or AVX512-VNNI."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from service.engine import native
+from service.engine.cpu import native
 from service.models.loading import parse_spec
 from service.models.weights import converted_gguf_dir, weights_version
 from tests.conftest import CACHE_DIR

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from service.engine.engine import GenerationEngine
-from service.engine.quantized import Quantization
+from service.engine.cpu.quantized import Quantization
 from service.engine.runner import create_runner
 from service.engine.types import Finish, GenerationRequest, SamplingParams, StoppingParams
 

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, LlamaConfig
 
 from service.config import add_worker_arguments, checked_settings
-from service.engine.llama import lean_support_problem
+from service.engine.llama_family import lean_support_problem
 from service.engine.types import GenerationRequest, SamplingParams, StoppingParams
 from service.models.dummy import random_model
 from service.models.loading import load_generation_model

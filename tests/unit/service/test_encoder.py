@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, RobertaConfig, RobertaModel
 
-from service.engine.bert import BertEncoder
+from service.engine.cpu.bert import BertEncoder
 from service.engine.encoder import TransformersEncoder, create_encoder
 from service.models.packaged import DEFAULT_EMBEDDING_MODEL
 

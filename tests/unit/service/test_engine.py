@@ -6,7 +6,7 @@ import asyncio
 import pytest
 import torch
 
-from service.engine.quantized import Quantization
+from service.engine.cpu.quantized import Quantization
 from service.engine.types import FinishReason, SamplingParams, StoppingParams
 from service.errors import InvalidRequest, QueueFull
 from tests.unit.service.engines import collect as _collect

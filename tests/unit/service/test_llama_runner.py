@@ -16,8 +16,8 @@ from transformers import (
     Qwen3Config,
 )
 
-from service.engine.llama import LlamaRunner
-from service.engine.quantized import Quantization
+from service.engine.cpu.llama import LlamaRunner
+from service.engine.cpu.quantized import Quantization
 from service.engine.runner import TransformersRunner, create_runner
 from service.engine.types import StepEntry
 from tests.unit.service.conftest import needs_native_kernels

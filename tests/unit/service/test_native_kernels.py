@@ -1,4 +1,4 @@
-"""tokenwire's C++ kernels (service/engine/native.py) against plain torch arithmetic: the same
+"""tokenwire's C++ kernels (service/engine/cpu/native.py) against plain torch arithmetic: the same
 numbers, each row's result independent of the others, and bad input refused."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import torch
 
-from service.engine import native, quantized
+from service.engine.cpu import native, quantized
 from tests.unit.service.conftest import needs_native_kernels
 
 

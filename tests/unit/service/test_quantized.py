@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service.engine import quantized
-from service.engine.quantized import Linear, Quantization
+from service.engine.cpu import quantized
+from service.engine.cpu.quantized import Linear, Quantization
 from tests.unit.service.conftest import needs_native_kernels
 
 # Each case is one kernel: tokenwire's own where they build here, torch's everywhere.

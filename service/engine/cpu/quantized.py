@@ -36,7 +36,7 @@ from typing import Final, List, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from service.engine import native
+from service.engine.cpu import native
 
 INT4_GROUP = 32
 # tokenwire's kernels and torch's int4 kernel take output channels in blocks of 16.

@@ -1,9 +1,9 @@
-"""The paged KV cache's tensors: one pool of fixed-size blocks per layer, shared by every sequence.
+"""The paged KV cache's tensors on CPU: one pool of fixed-size blocks per layer, shared by every sequence.
 
 A sequence's keys and values live in the blocks of its block table (the engine's BlockPool hands
 them out), so memory follows the tokens actually held, never the longest sequence, and full
 blocks can be shared between sequences with the same prefix. The pool's size comes from a byte
-budget (`blocks_for_budget`).
+budget (kv_memory.blocks_for_budget).
 
 Layouts, per layer:
 - keys [blocks, kv_heads, head_dim, block_size]: each dimension's keys of a block are a run of
@@ -17,22 +17,6 @@ Positions past a sequence's length are never read by tokenwire's kernel; torch's
 from __future__ import annotations
 
 import torch
-
-
-def bytes_per_token(*, layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
-    """One token's keys and values over all layers."""
-    return 2 * layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
-
-
-def blocks_for_budget(budget_bytes: int, *, block_size: int, token_bytes: int) -> int:
-    """How many blocks `budget_bytes` holds; ValueError when not one."""
-    blocks = budget_bytes // (block_size * token_bytes)
-    if blocks < 1:
-        raise ValueError(
-            f"a KV-cache budget of {budget_bytes} bytes holds no block of this model "
-            f"({block_size * token_bytes} bytes for {block_size} tokens)"
-        )
-    return blocks
 
 
 class PagedKVCache:

@@ -1,9 +1,9 @@
-"""A lean forward pass for the Llama family (Llama 2/3.x, SmolLM, Qwen2, Mistral, Yi).
+"""The CPU backend's lean forward pass for the Llama family (llama_family.py says which configs).
 
 transformers' generic forward spends most of a small model's decode step in Python and framework
 overhead. This module keeps only the arithmetic: fused QKV and gate/up projections, a rotary
 table computed once by the model's own rotary module (so llama3, linear and YaRN scaling come for
-free), and attention over the engine's paged KV cache (kv_cache.PagedKVCache) for a whole step at
+free), and attention over the engine's paged KV cache (cpu/kv_cache.PagedKVCache) for a whole step at
 once: prompt chunks and decode tokens alike, each token to its own sequence's blocks.
 
 Every token of a step goes through the same kernels whatever its kind and its neighbours: one
@@ -20,35 +20,16 @@ from typing import Final, List, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from service.engine import native
-from service.engine.kv_cache import PagedKVCache, blocks_for_budget, bytes_per_token
-from service.engine.quantized import Linear, Quantization
-from service.engine.torchscript import script
+from service.engine.cpu import native
+from service.engine.cpu.kv_cache import PagedKVCache
+from service.engine.cpu.quantized import Linear, Quantization
+from service.engine.cpu.torchscript import script
+from service.engine.kv_memory import BLOCK_SIZE, blocks_for_budget, bytes_per_token
+from service.engine.llama_family import fused_projection, rms_norm, rotary_table, rotate
 from service.engine.types import StepEntry
 
-_SUPPORTED_TYPES = {"llama", "qwen2", "mistral"}
 # A step with more tokens than this is mostly prompt: compute-bound rather than memory-bound.
 PROMPT_STEP_TOKENS = 64
-_STATIC_ROPE_TYPES = {"default", "linear", "llama3", "yarn"}
-# Positions per KV-cache block: what tokenwire's attention kernel reads (one tile of scores); it
-# divides the engine's prompt chunk.
-BLOCK_SIZE = native.BLOCK_SIZE
-
-
-def lean_support_problem(config: object) -> str | None:
-    """Why this config cannot run on the lean forward (None when it can)."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in _SUPPORTED_TYPES:
-        return f"model type {model_type!r}"
-    if getattr(config, "hidden_act", "silu") != "silu":
-        return f"activation {config.hidden_act!r}"  # type: ignore[attr-defined]
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        return "sliding-window attention"
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in _STATIC_ROPE_TYPES:
-        return f"rope type {rope_type!r}"
-    return None
 
 
 class _Layer(torch.nn.Module):
@@ -65,14 +46,7 @@ class _Layer(torch.nn.Module):
 
 def _fused(linears: list[torch.nn.Linear], mode: Quantization, dtype: torch.dtype) -> Linear:
     """One Linear computing several projections of the same input (q, k, v or gate, up)."""
-    weight = torch.cat([linear.weight for linear in linears])
-    bias = None
-    if any(linear.bias is not None for linear in linears):
-        bias = torch.cat([
-            linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
-            for linear in linears
-        ])
-    return Linear(weight, bias, mode, dtype)
+    return Linear(*fused_projection(linears), mode, dtype)
 
 
 class _StepTokens(NamedTuple):
@@ -117,18 +91,13 @@ class _Forward(torch.nn.Module):
         head_mode = Quantization.NONE if quantization is Quantization.NONE else Quantization.INT8
         self.lm_head = Linear(model.lm_head.weight, None, head_mode, dtype)
         self.layers = torch.nn.ModuleList(_Layer(layer, quantization, dtype) for layer in inner.layers)
-        device = self.embed.device
         self.native_attention = (
-            device.type == "cpu"
+            self.embed.device.type == "cpu"
             and dtype in (torch.bfloat16, torch.float32)
             and self.head_dim in native.HEAD_DIMS
             and native.available()
         )
-        positions = torch.arange(max_length, device=device).unsqueeze(0)
-        probe = torch.empty((), device=device, dtype=torch.float32)
-        with torch.no_grad():
-            cos, sin = inner.rotary_emb(probe, positions)
-        self.cos, self.sin = cos[0].to(dtype), sin[0].to(dtype)
+        self.cos, self.sin = rotary_table(model, max_length, dtype)
 
     def forward(self, tokens: _StepTokens, keys: List[torch.Tensor], values: List[torch.Tensor]) -> torch.Tensor:
         """Float logits of the selected tokens; writes every token's keys and values into its
@@ -144,7 +113,7 @@ class _Forward(torch.nn.Module):
         for layer in self.layers:
             x = self._norm(hidden, layer.input_norm)
             qkv = layer.qkv(x).view(-1, self.heads + 2 * self.kv_heads, self.head_dim)
-            qk = _rotate(qkv[:, : self.heads + self.kv_heads], cos, sin)
+            qk = rotate(qkv[:, : self.heads + self.kv_heads], cos, sin)
             q, k, v = qk[:, : self.heads], qk[:, self.heads :], qkv[:, self.heads + self.kv_heads :]
             if self.native_attention:
                 attended = torch.ops.tokenwire.paged_attention(
@@ -163,14 +132,7 @@ class _Forward(torch.nn.Module):
         return self.lm_head(self._norm(selected, self.final_norm)).float()
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """RMSNorm as transformers computes it: normalized in float32, scaled in the model dtype."""
-        return torch.rms_norm(x.float(), [x.shape[-1]], None, self.eps).to(x.dtype) * weight
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+        return rms_norm(x, weight, self.eps)
 
 
 def _torch_attention(
@@ -252,6 +214,7 @@ class LlamaRunner:
         self.dtype = dtype or next(model.parameters()).dtype
         forward = _Forward(model, self.dtype, quantization, max_length)
         self.native_attention = forward.native_attention
+        self.kernels = native.kernel_path()
         self._forward = script(forward)
         self.token_bytes = bytes_per_token(
             layers=len(forward.layers), kv_heads=forward.kv_heads, head_dim=forward.head_dim, dtype=self.dtype

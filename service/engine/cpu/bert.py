@@ -15,7 +15,7 @@ from typing import Final, List
 import torch
 import torch.nn.functional as F
 
-from service.engine.torchscript import script
+from service.engine.cpu.torchscript import script
 
 
 def lean_encoder_problem(config: object) -> str | None:

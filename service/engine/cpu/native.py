@@ -43,7 +43,6 @@ _HERE = pathlib.Path(__file__).parent
 SOURCES = (_HERE / "w4a8.cpp", _HERE / "dense.cpp", _HERE / "paged_attention.cpp")
 _HEADERS = (_HERE / "simd.h",)
 HEAD_DIMS = (32, 64, 128)  # the head sizes paged_attention.cpp is built for
-BLOCK_SIZE = 32  # the positions per KV-cache block paged_attention.cpp reads
 _FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared")
 BUILD_TIMEOUT_S = 600.0
 # A build file older than this belongs to a build that was killed (a build takes ~20 s).
