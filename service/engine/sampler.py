@@ -8,6 +8,7 @@ rows share the batch.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -38,26 +39,62 @@ class SamplingRow:
 
 
 def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
-    """In place, row by row: repetition (multiplicative, prompt and output), presence and
-    frequency (additive, output only, OpenAI semantics), logit bias, banned tokens."""
-    device = logits.device
+    """In place: repetition (multiplicative, prompt and output), presence and frequency
+    (additive, output only, OpenAI semantics), logit bias, banned tokens. Each kind is gathered
+    over all rows first and applied at once: two small host-to-device copies per kind, not some
+    per row, and no synchronisation with the device."""
+    repeated = _Touches()
+    penalized = _Touches()
+    biased = _Touches()
+    banned = _Touches()
     for i, row in enumerate(rows):
         p = row.params
         if p.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(row.prompt_ids) | set(row.output_ids)), device=device)
-            if seen.numel():
-                values = logits[i, seen]
-                logits[i, seen] = torch.where(
-                    values > 0, values / p.repetition_penalty, values * p.repetition_penalty
-                )
+            for token in sorted(set(row.prompt_ids) | set(row.output_ids)):
+                repeated.add(i, token, p.repetition_penalty)
         if row.output_ids and (p.presence_penalty or p.frequency_penalty):
-            ids, counts = torch.tensor(row.output_ids, device=device).unique(return_counts=True)
-            logits[i, ids] -= p.presence_penalty + p.frequency_penalty * counts.to(logits.dtype)
-        if p.logit_bias:
-            ids = torch.tensor(list(p.logit_bias), device=device)
-            logits[i, ids] += torch.tensor(list(p.logit_bias.values()), device=device)
-        if row.banned_ids:
-            logits[i, torch.tensor(list(row.banned_ids), device=device)] = float("-inf")
+            for token, count in sorted(Counter(row.output_ids).items()):
+                penalized.add(i, token, p.presence_penalty, p.frequency_penalty, count)
+        for token, bias in p.logit_bias.items():
+            biased.add(i, token, bias)
+        for token in row.banned_ids:
+            banned.add(i, token)
+    device = logits.device
+    if repeated:
+        where, (penalty,) = repeated.tensors(device)
+        values = logits[where]
+        logits[where] = torch.where(values > 0, values / penalty, values * penalty)
+    if penalized:
+        where, (presence, frequency, count) = penalized.tensors(device)
+        logits[where] -= presence + frequency * count
+    if biased:
+        where, (bias,) = biased.tensors(device)
+        logits[where] += bias
+    if banned:
+        logits[banned.tensors(device)[0]] = float("-inf")
+
+
+class _Touches:
+    """(row, token) positions of the logits, each with float values, gathered as lists."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        self.tokens: list[int] = []
+        self.values: list[tuple[float, ...]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def add(self, row: int, token: int, *values: float) -> None:
+        self.rows.append(row)
+        self.tokens.append(token)
+        self.values.append(values)
+
+    def tensors(self, device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
+        """The (rows, tokens) index and a float32 tensor per value, moved in one copy."""
+        index = torch.tensor([self.rows, self.tokens]).to(device, non_blocking=True)
+        values = torch.tensor(self.values, dtype=torch.float32).reshape(len(self.rows), -1).to(device, non_blocking=True)
+        return (index[0], index[1]), tuple(values.unbind(1))
 
 
 def _apply_constraints(logits: torch.Tensor, rows: list[SamplingRow]) -> None:

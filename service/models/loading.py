@@ -73,7 +73,8 @@ def load_generation_model(spec: str, settings: WorkerSettings) -> GenerationMode
     if dummy:
         model = random_model(source.path, load_dtype, device)
     else:
-        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=load_dtype).to(device).eval()
+        # Straight onto the device (on CUDA never all in host memory), in the dtype computed in.
+        model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=load_dtype, device_map=str(device)).eval()
 
     # Ids past the tokenizer's vocabulary (a padded embedding, a borrowed tokenizer) are never sampled.
     sampled_vocab = len(tokenizer)
