@@ -92,9 +92,16 @@ class _Touches:
 
     def tensors(self, device: torch.device) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
         """The (rows, tokens) index and a float32 tensor per value, moved in one copy."""
-        index = torch.tensor([self.rows, self.tokens]).to(device, non_blocking=True)
-        values = torch.tensor(self.values, dtype=torch.float32).reshape(len(self.rows), -1).to(device, non_blocking=True)
+        index = _to_device(torch.tensor([self.rows, self.tokens]), device)
+        values = _to_device(torch.tensor(self.values, dtype=torch.float32).reshape(len(self.rows), -1), device)
         return (index[0], index[1]), tuple(values.unbind(1))
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device`; to a GPU from pinned memory, so that the host does not wait."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _apply_constraints(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
