@@ -114,7 +114,7 @@ def _apply_constraints(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
     for i in constrained:
         rows[i].constraint.fill_bitmask(bitmask, i)  # type: ignore[union-attr]
     bits = (bitmask.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
-    allowed = bits.flatten(1)[:, :vocab].bool().to(logits.device)
+    allowed = _to_device(bits.flatten(1)[:, :vocab].bool(), logits.device)
     logits.masked_fill_(~allowed, float("-inf"))
 
 
@@ -130,7 +130,7 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
     device, vocab = logits.device, logits.shape[-1]
 
     def column(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, device=device, dtype=torch.float32).unsqueeze(1)
+        return _to_device(torch.tensor(values, dtype=torch.float32).unsqueeze(1), device)
 
     temperature = column([row.params.temperature or 1.0 for row in rows])
     top_k = column([row.params.top_k or vocab for row in rows])
@@ -147,8 +147,8 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
     drop[:, 0] = False
     probs = probs.masked_fill(drop, 0.0)
     cdf = probs.cumsum(dim=-1)
-    draws = torch.stack([torch.rand((), generator=row.generator) for row in rows]).to(device)
+    draws = _to_device(torch.stack([torch.rand((), generator=row.generator) for row in rows]), device)
     picked = torch.searchsorted(cdf, (draws * cdf[:, -1]).unsqueeze(1)).clamp_(max=vocab - 1)
     sampled = sorted_ids.gather(1, picked).squeeze(1)
-    chosen = torch.where(torch.tensor(greedy, device=device), logits.argmax(dim=-1), sampled)
+    chosen = torch.where(_to_device(torch.tensor(greedy), device), logits.argmax(dim=-1), sampled)
     return chosen.tolist()
