@@ -39,6 +39,11 @@ process; memory is tokenwire's resident set while it serves many short requests.
 
 Written by `bench/` (`make bench`, or `python -m bench --help`). Each run rewrites only the
 section of its own device, so the CPU and GPU tables sit side by side.
+
+Sections titled with a model's shape come from `bench/shapes.py` (`make bench-shapes`, or
+`python -m bench.shapes --help`): tokenwire serving that shape with random weights
+(`--load-format dummy`), random token-id prompts through gRPC and streaming REST at 1 and 64
+clients, beside transformers' `generate` on the same weights, with the GPU targets of the issue.
 """
 
 
@@ -136,7 +141,8 @@ def _realistic_targets(result: BenchResult) -> list[tuple[str, str, str]]:
         rows.append((f"(a) shared document: tokenwire ≥ {TARGET_SHARED_DOCUMENT_SPEEDUP:g}× faster than "
                      f"llama-cpp-python, TTFT p50 ≤ {TARGET_SHARED_DOCUMENT_TTFT_S:g} s",
                      f"{speedup:.2f}× ({ours.wall_s:.1f} vs {peer.wall_s:.1f} s), TTFT p50 {ours.ttft_p50_s:.2f} s",
-                     markdown.met(speedup >= TARGET_SHARED_DOCUMENT_SPEEDUP and ours.ttft_p50_s <= TARGET_SHARED_DOCUMENT_TTFT_S)))
+                     markdown.met(speedup >= TARGET_SHARED_DOCUMENT_SPEEDUP
+                                  and ours.ttft_p50_s <= TARGET_SHARED_DOCUMENT_TTFT_S)))
     if ours := result.workload(TOKENWIRE, "multi-turn"):
         later = ours.turn_ttft_p50_s[1:]
         rows.append((f"(b) multi-turn: TTFT p50 of turns 2–4 ≤ {TARGET_LATER_TURN_TTFT_S:g} s",
@@ -149,7 +155,8 @@ def _realistic_targets(result: BenchResult) -> list[tuple[str, str, str]]:
                      markdown.met(ratio >= TARGET_UNIQUE_PROMPT_SPEEDUP)))
     if kv := result.kv_memory:
         rows.append((f"(d) KV memory in use ≤ {TARGET_KV_OVERHEAD:g}× the bytes of the tokens held",
-                     f"{kv.ratio:.2f}× ({kv.used_tokens} vs {kv.held_tokens} tokens)", markdown.met(kv.ratio <= TARGET_KV_OVERHEAD)))
+                     f"{kv.ratio:.2f}× ({kv.used_tokens} vs {kv.held_tokens} tokens)",
+                     markdown.met(kv.ratio <= TARGET_KV_OVERHEAD)))
     return rows
 
 
@@ -165,12 +172,13 @@ def _generation(result: BenchResult) -> list[str]:
     for s in sorted(result.generation, key=lambda s: (s.concurrency, s.server != TOKENWIRE)):
         m = s.medians
         rows.append((LABELS[s.server], str(s.concurrency), str(s.requests), f"{m['tok_per_s']:.1f}",
-                     f"{s.tok_per_s_range[0]:.1f}–{s.tok_per_s_range[1]:.1f}", markdown.duration(m["ttft_p50_ms"] / 1e3),
-                     markdown.duration(m["ttft_p95_ms"] / 1e3), f"{m['itl_p50_ms']:.1f} ms", f"{m['itl_p95_ms']:.1f} ms", str(s.errors)))
+                     f"{s.tok_per_s_range[0]:.1f}–{s.tok_per_s_range[1]:.1f}",
+                     markdown.duration(m["ttft_p50_ms"] / 1e3), markdown.duration(m["ttft_p95_ms"] / 1e3),
+                     f"{m['itl_p50_ms']:.1f} ms", f"{m['itl_p95_ms']:.1f} ms", str(s.errors)))
     for name, reason in result.skipped.items():
         rows.append((LABELS[name], "—", "—", f"skipped: {reason}", "", "", "", "", "", ""))
-    lines += markdown.table(("server", "clients", "requests, all rounds", "tok/s", "tok/s range", "TTFT p50", "TTFT p95",
-                     "ITL p50", "ITL p95", "errors"), rows)
+    lines += markdown.table(("server", "clients", "requests, all rounds", "tok/s", "tok/s range", "TTFT p50",
+                             "TTFT p95", "ITL p50", "ITL p95", "errors"), rows)
     peers = [p for p in (LLAMA_CPP, TRANSFORMERS) if p in result.commands]
     if TOKENWIRE in result.commands and peers:
         ratio_rows = []

@@ -97,7 +97,8 @@ def _server_spec(args: argparse.Namespace, grpc_port: int) -> ServerSpec:
     return ServerSpec(TOKENWIRE, command, f"{base}/v1", f"{base}/health", parse_spec(args.model).model_id)
 
 
-def _measure_tokenwire(args: argparse.Namespace, prompts: PromptSource, log_dir: pathlib.Path) -> tuple[str, list[ApiLoad]]:
+def _measure_tokenwire(args: argparse.Namespace, prompts: PromptSource,
+                       log_dir: pathlib.Path) -> tuple[str, list[ApiLoad]]:
     """Every load on every API (both APIs at one client count, then the next count); the server's
     command line and the loads."""
     grpc_port = free_port()
@@ -161,22 +162,29 @@ def main(argv: list[str] | None = None) -> None:
     prompts = PromptSource(_prompt_vocab(config_dir, config["vocab_size"], args.cache_dir), args.seed)
 
     server_command, loads = _measure_tokenwire(args, prompts, log_dir)
-    runs, missing = _measure_baseline(args, config_dir, prompts) if args.baseline else ([], {})
 
-    cpu_at_end = CpuSnapshot.take()
-    result = ShapesResult(
-        machine=machine, device=args.device, model=parse_spec(args.model).model_id, shape=_shape(config),
-        dtype=args.dtype, prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens,
-        requests_per_client=args.requests_per_client,
-        command=shlex.join([shown(sys.executable), "-m", "bench.shapes", *argv]), server_command=server_command,
-        started=started.strftime("%Y-%m-%d %H:%M %Z"), duration_s=cpu_at_end.at - cpu_at_start.at,
-        other_work=other_work_share(cpu_at_start, cpu_at_end), loads=loads, baseline=runs, baseline_missing=missing,
-    )
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    raw = args.results_dir / f"{shapes_report.section_key(result)}-{stamp}.json"
-    raw.write_text(json.dumps(dataclasses.asdict(result), indent=1))
-    shapes_report.write(result, args.output)
-    print(f"wrote {args.output} and {raw}", file=sys.stderr)
+    def save(runs: list[baseline.BaselineRun], missing: dict[int, str]) -> None:
+        cpu_now = CpuSnapshot.take()
+        result = ShapesResult(
+            machine=machine, device=args.device, model=parse_spec(args.model).model_id, shape=_shape(config),
+            dtype=args.dtype, prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens,
+            requests_per_client=args.requests_per_client,
+            command=shlex.join([shown(sys.executable), "-m", "bench.shapes", *argv]), server_command=server_command,
+            started=started.strftime("%Y-%m-%d %H:%M %Z"), duration_s=cpu_now.at - cpu_at_start.at,
+            other_work=other_work_share(cpu_at_start, cpu_now), loads=loads, baseline=runs, baseline_missing=missing,
+        )
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        raw = args.results_dir / f"{shapes_report.section_key(result)}-{stamp}.json"
+        raw.write_text(json.dumps(dataclasses.asdict(result), indent=1))
+        shapes_report.write(result, args.output)
+        print(f"wrote {args.output} and {raw}", file=sys.stderr)
+
+    if args.baseline:
+        # tokenwire's figures are kept even if the baseline never ends (a device's time runs out).
+        save([], dict.fromkeys(args.clients, "not measured: the run ended before the baseline"))
+        save(*_measure_baseline(args, config_dir, prompts))
+    else:
+        save([], {})
 
 
 if __name__ == "__main__":

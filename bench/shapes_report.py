@@ -152,8 +152,8 @@ def _baseline(result: ShapesResult) -> list[str]:
     ratio_rows = []
     for clients in result.clients:
         if peer := result.baseline_run(clients):
-            cells = [f"{load.figures.tok_per_s / peer.tok_per_s:.2f}×" if (load := result.load(api, clients)) else "n/a"
-                     for api in APIS]
+            loads = [result.load(api, clients) for api in APIS]
+            cells = [f"{load.figures.tok_per_s / peer.tok_per_s:.2f}×" if load else "n/a" for load in loads]
             ratio_rows.append((str(clients), *cells))
     lines = ["### Baseline: transformers `generate`, one static batch", "",
              "The same random weights (the same config and seed as `--load-format dummy`), in the same process "

@@ -24,7 +24,8 @@ def _result(**changes) -> ShapesResult:
     result = ShapesResult(
         machine=H100, device="cuda", model="meta-llama/Llama-3.1-8B-Instruct", shape="LlamaForCausalLM: 32 layers",
         dtype="bfloat16", prompt_tokens=1024, max_tokens=128, requests_per_client=1,
-        command="python -m bench.shapes", server_command="python -m tokenwire.cli serve", started="2026-12-06 16:00 UTC",
+        command="python -m bench.shapes", server_command="python -m tokenwire.cli serve",
+        started="2026-12-06 16:00 UTC",
         duration_s=300.0, other_work=0.0,
         loads=[
             # 1 client: 128 tokens in 0.1 + 127 × 0.005 s = 0.735 s, 174 tok/s: met.
@@ -46,7 +47,8 @@ def _result(**changes) -> ShapesResult:
 def _target_rows(markdown: str) -> dict[str, str]:
     """Target → "measured | met" from the Targets table."""
     section = markdown.split("### Targets", 1)[1].split("###", 1)[0]
-    rows = [line.strip("|").split(" | ") for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    lines = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = [line.strip("|").split(" | ") for line in lines]
     return {cells[0].strip(): " | ".join(cell.strip() for cell in cells[1:]) for cells in rows[1:]}
 
 
@@ -76,7 +78,8 @@ def test_a_run_off_the_issues_configuration_says_its_targets_are_for_reference()
 def test_a_baseline_batch_that_did_not_fit_is_reported_as_missing():
     markdown = shapes_report.render_section(_result(baseline=[], baseline_missing={64: "out of memory"}))
     rows = _target_rows(markdown)
-    assert rows["64 clients, gRPC GenerateStream: ≥ 5× transformers generate (batch 64)"] == "n/a (out of memory) | n/a"
+    target = "64 clients, gRPC GenerateStream: ≥ 5× transformers generate (batch 64)"
+    assert rows[target] == "n/a (out of memory) | n/a"
     assert "| 64 | n/a: out of memory |" in markdown
 
 
@@ -91,7 +94,8 @@ def test_failed_requests_are_counted_and_the_first_error_is_shown():
 
 def test_the_section_is_rewritten_in_place_beside_the_other_devices(tmp_path):
     path = tmp_path / "BENCHMARKS.md"
-    path.write_text("# Benchmarks\n\n<!-- bench section: cpu -->\nthe CPU figures\n<!-- end of bench section: cpu -->\n")
+    path.write_text("# Benchmarks\n\n<!-- bench section: cpu -->\nthe CPU figures\n"
+                    "<!-- end of bench section: cpu -->\n")
     shapes_report.write(_result(started="first run"), path)
     shapes_report.write(_result(started="second run"), path)
     text = path.read_text()
