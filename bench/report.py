@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import pathlib
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from bench import markdown
 from bench.embeddings import EmbeddingComparison
 from bench.machine import Machine
 from bench.memory import MemoryResult
@@ -25,8 +24,6 @@ TARGET_SHARED_DOCUMENT_TTFT_S = 1.0
 TARGET_LATER_TURN_TTFT_S = 0.4
 TARGET_UNIQUE_PROMPT_SPEEDUP = 2.0
 TARGET_KV_OVERHEAD = 1.5
-# Above this share of the CPU taken by other work during a run, the report says its figures are skewed.
-_BUSY_SHARE = 0.05
 
 _HEADER = """# Benchmarks
 
@@ -42,6 +39,11 @@ process; memory is tokenwire's resident set while it serves many short requests.
 
 Written by `bench/` (`make bench`, or `python -m bench --help`). Each run rewrites only the
 section of its own device, so the CPU and GPU tables sit side by side.
+
+Sections titled with a model's shape come from `bench/shapes.py` (`make bench-shapes`, or
+`python -m bench.shapes --help`): tokenwire serving that shape with random weights
+(`--load-format dummy`), random token-id prompts through gRPC and streaming REST at 1 and 64
+clients, beside transformers' `generate` on the same weights, with the GPU targets of the issue.
 """
 
 
@@ -84,21 +86,10 @@ class BenchResult:
         return summary.medians["tok_per_s"] if summary else None
 
 
-def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
-    header = list(header)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
     return numerator / denominator
-
-
-def _met(ok: bool) -> str:
-    return "yes" if ok else "**no**"
 
 
 def _throughput_target(target: str, tokenwire: float | None, peer: float | None, minimum: float,
@@ -106,7 +97,7 @@ def _throughput_target(target: str, tokenwire: float | None, peer: float | None,
     if tokenwire is None or not peer:
         return target, "n/a", "n/a"
     ratio = tokenwire / peer
-    return target, f"{ratio:.2f}× ({tokenwire:.1f} vs {peer:.1f} tok/s{peer_label})", _met(ratio >= minimum)
+    return target, f"{ratio:.2f}× ({tokenwire:.1f} vs {peer:.1f} tok/s{peer_label})", markdown.met(ratio >= minimum)
 
 
 def _targets(result: BenchResult) -> list[str]:
@@ -123,23 +114,23 @@ def _targets(result: BenchResult) -> list[str]:
     ttft_target = f"16 clients: tokenwire time to first token p50 ≤ {TARGET_TTFT_P50_S:g} s"
     if summary := result.summary(TOKENWIRE, 16):
         ttft = summary.medians["ttft_p50_ms"] / 1e3
-        rows.append((ttft_target, f"{ttft:.2f} s", _met(ttft <= TARGET_TTFT_P50_S)))
+        rows.append((ttft_target, f"{ttft:.2f} s", markdown.met(ttft <= TARGET_TTFT_P50_S)))
     else:
         rows.append((ttft_target, "n/a", "n/a"))
     for comparison in result.embeddings:
         target = TARGET_EMBEDDING[comparison.kind]
         rows.append((f"embeddings, {comparison.workload}: REST ≥ {target:g} × in-process {comparison.baseline}",
                      f"{comparison.ratio:.2f}× ({comparison.rest:.0f} vs {comparison.in_process:.0f} sentences/s)",
-                     _met(comparison.ratio >= target)))
+                     markdown.met(comparison.ratio >= target)))
     if result.memory:
         first, last = result.memory.samples[0], result.memory.samples[-1]
         growth = result.memory.ratio("worker_mib") - 1
         rows.append((f"memory: worker RSS after {last.requests} requests within {TARGET_MEMORY_GROWTH:.0%} "
                      f"of after {first.requests}",
                      f"{growth:+.1%} ({first.worker_mib:.0f} → {last.worker_mib:.0f} MiB)",
-                     _met(abs(growth) <= TARGET_MEMORY_GROWTH)))
+                     markdown.met(abs(growth) <= TARGET_MEMORY_GROWTH)))
     rows += _realistic_targets(result)
-    return ["### Targets", "", *_table(("target", "measured", "met"), rows), ""]
+    return ["### Targets", "", *markdown.table(("target", "measured", "met"), rows), ""]
 
 
 def _realistic_targets(result: BenchResult) -> list[tuple[str, str, str]]:
@@ -150,25 +141,23 @@ def _realistic_targets(result: BenchResult) -> list[tuple[str, str, str]]:
         rows.append((f"(a) shared document: tokenwire ≥ {TARGET_SHARED_DOCUMENT_SPEEDUP:g}× faster than "
                      f"llama-cpp-python, TTFT p50 ≤ {TARGET_SHARED_DOCUMENT_TTFT_S:g} s",
                      f"{speedup:.2f}× ({ours.wall_s:.1f} vs {peer.wall_s:.1f} s), TTFT p50 {ours.ttft_p50_s:.2f} s",
-                     _met(speedup >= TARGET_SHARED_DOCUMENT_SPEEDUP and ours.ttft_p50_s <= TARGET_SHARED_DOCUMENT_TTFT_S)))
+                     markdown.met(speedup >= TARGET_SHARED_DOCUMENT_SPEEDUP
+                                  and ours.ttft_p50_s <= TARGET_SHARED_DOCUMENT_TTFT_S)))
     if ours := result.workload(TOKENWIRE, "multi-turn"):
         later = ours.turn_ttft_p50_s[1:]
         rows.append((f"(b) multi-turn: TTFT p50 of turns 2–4 ≤ {TARGET_LATER_TURN_TTFT_S:g} s",
-                     ", ".join(f"{t:.2f} s" for t in later), _met(max(later) <= TARGET_LATER_TURN_TTFT_S)))
+                     ", ".join(f"{t:.2f} s" for t in later), markdown.met(max(later) <= TARGET_LATER_TURN_TTFT_S)))
     ours, peer = result.workload(TOKENWIRE, "unique-long"), result.workload(LLAMA_CPP, "unique-long")
     if ours and peer:
         ratio = ours.prompt_tokens_per_s / peer.prompt_tokens_per_s
         rows.append((f"(c) unique long prompts: prompt tokens/s ≥ {TARGET_UNIQUE_PROMPT_SPEEDUP:g}× llama-cpp-python",
                      f"{ratio:.2f}× ({ours.prompt_tokens_per_s:.0f} vs {peer.prompt_tokens_per_s:.0f} tok/s)",
-                     _met(ratio >= TARGET_UNIQUE_PROMPT_SPEEDUP)))
+                     markdown.met(ratio >= TARGET_UNIQUE_PROMPT_SPEEDUP)))
     if kv := result.kv_memory:
         rows.append((f"(d) KV memory in use ≤ {TARGET_KV_OVERHEAD:g}× the bytes of the tokens held",
-                     f"{kv.ratio:.2f}× ({kv.used_tokens} vs {kv.held_tokens} tokens)", _met(kv.ratio <= TARGET_KV_OVERHEAD)))
+                     f"{kv.ratio:.2f}× ({kv.used_tokens} vs {kv.held_tokens} tokens)",
+                     markdown.met(kv.ratio <= TARGET_KV_OVERHEAD)))
     return rows
-
-
-def _ms(value: float) -> str:
-    return f"{value / 1e3:.2f} s" if value >= 1000 else f"{value:.0f} ms"
 
 
 def _generation(result: BenchResult) -> list[str]:
@@ -183,12 +172,13 @@ def _generation(result: BenchResult) -> list[str]:
     for s in sorted(result.generation, key=lambda s: (s.concurrency, s.server != TOKENWIRE)):
         m = s.medians
         rows.append((LABELS[s.server], str(s.concurrency), str(s.requests), f"{m['tok_per_s']:.1f}",
-                     f"{s.tok_per_s_range[0]:.1f}–{s.tok_per_s_range[1]:.1f}", _ms(m["ttft_p50_ms"]),
-                     _ms(m["ttft_p95_ms"]), f"{m['itl_p50_ms']:.1f} ms", f"{m['itl_p95_ms']:.1f} ms", str(s.errors)))
+                     f"{s.tok_per_s_range[0]:.1f}–{s.tok_per_s_range[1]:.1f}",
+                     markdown.duration(m["ttft_p50_ms"] / 1e3), markdown.duration(m["ttft_p95_ms"] / 1e3),
+                     f"{m['itl_p50_ms']:.1f} ms", f"{m['itl_p95_ms']:.1f} ms", str(s.errors)))
     for name, reason in result.skipped.items():
         rows.append((LABELS[name], "—", "—", f"skipped: {reason}", "", "", "", "", "", ""))
-    lines += _table(("server", "clients", "requests, all rounds", "tok/s", "tok/s range", "TTFT p50", "TTFT p95",
-                     "ITL p50", "ITL p95", "errors"), rows)
+    lines += markdown.table(("server", "clients", "requests, all rounds", "tok/s", "tok/s range", "TTFT p50",
+                             "TTFT p95", "ITL p50", "ITL p95", "errors"), rows)
     peers = [p for p in (LLAMA_CPP, TRANSFORMERS) if p in result.commands]
     if TOKENWIRE in result.commands and peers:
         ratio_rows = []
@@ -199,7 +189,7 @@ def _generation(result: BenchResult) -> list[str]:
                 cells.append("n/a" if ratio is None else f"{ratio:.2f}×")
             ratio_rows.append((str(load.concurrency), *cells))
         lines += ["", "tokens/s ratio, tokenwire / peer, same run:", "",
-                  *_table(("clients", *(LABELS[p] for p in peers)), ratio_rows)]
+                  *markdown.table(("clients", *(LABELS[p] for p in peers)), ratio_rows)]
     lines += ["", "loadgen counts output tokens from a stream's final usage chunk where the server sends one, "
               "else one per content chunk. Servers as started, each with its own defaults for everything else "
               "(ports are picked free per run):", ""]
@@ -218,7 +208,7 @@ def _realistic(result: BenchResult) -> list[str]:
              f"{'s' * (result.realistic_rounds > 1)}, servers alternating, new texts every round. Medians over the "
              "rounds. Prompt tokens/s is every prompt token of the workload (the model's tokenizer and chat "
              "template) over its wall time.", "",
-             *_table(("workload", "server", "wall time", "TTFT p50", "TTFT p95", "TTFT p50 per turn (s)",
+             *markdown.table(("workload", "server", "wall time", "TTFT p50", "TTFT p95", "TTFT p50 per turn (s)",
                       "prompt tok/s"), rows), ""]
     if kv := result.kv_memory:
         mib = kv.token_bytes / 2**20
@@ -245,7 +235,7 @@ def _embeddings(result: BenchResult) -> list[str]:
             "Same sentences on both sides; REST requests ask for `encoding_format: base64`, as the openai "
             "client does by default, from aiohttp clients in the bench's process (see bench/embeddings.py). "
             "Medians of alternating repeats, in sentences per second.", "",
-            *_table(("REST workload", "REST sentences/s", "in-process baseline", "in-process sentences/s",
+            *markdown.table(("REST workload", "REST sentences/s", "in-process baseline", "in-process sentences/s",
                      "REST / in-process"), rows), ""]
 
 
@@ -256,22 +246,13 @@ def _memory(memory: MemoryResult) -> list[str]:
             f"Non-streaming chat, max_tokens {memory.max_tokens}, {memory.concurrency} concurrent clients, "
             f"{memory.errors} errors. Worker: the gRPC worker process and its children; total: the whole "
             "`tokenwire serve` process tree.", "",
-            *_table(("requests served", "worker MiB", "bridge MiB", "total MiB"), rows),
+            *markdown.table(("requests served", "worker MiB", "bridge MiB", "total MiB"), rows),
             "", f"Worker after {memory.samples[-1].requests} / after {memory.samples[0].requests}: "
             f"{memory.ratio('worker_mib'):.3f}; total: {memory.ratio('total_mib'):.3f}.", ""]
 
 
-def _machine(result: BenchResult) -> list[str]:
-    m = result.machine
-    rows = [("CPU", f"{m.cpu}, {m.cores} cores available"), ("memory", f"{m.memory_gib} GiB"),
-            ("CPU used by other work during the run", f"{result.other_work:.1%}"),
-            ("GPU", m.gpu or "none"), ("OS", m.os), ("Python", m.python),
-            *((name, version) for name, version in m.packages.items()), ("tokenwire commit", m.commit)]
-    return ["### Machine", "", *_table(("", ""), rows), ""]
-
-
 def section_key(result: BenchResult) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", result.machine.device_label(result.device).lower()).strip("-")
+    return markdown.section_key(result.machine.device_label(result.device))
 
 
 def render_section(result: BenchResult) -> str:
@@ -279,9 +260,7 @@ def render_section(result: BenchResult) -> str:
     lines = [f"## {result.machine.device_label(result.device)}", "",
              f"Measured {result.started} at commit {result.machine.commit}; the run took "
              f"{result.duration_s / 60:.1f} min. Reproduce with:", "", "```sh", result.command, "```", ""]
-    if result.other_work > _BUSY_SHARE:
-        lines += [f"**Other work was running**: processes outside the benchmark used {result.other_work:.0%} of "
-                  "the CPU during the run, so these figures understate every server, unevenly.", ""]
+    lines += markdown.other_work_note(result.other_work)
     if not result.device.startswith("cuda"):
         lines += _targets(result)
     if result.generation:
@@ -292,19 +271,10 @@ def render_section(result: BenchResult) -> str:
         lines += _embeddings(result)
     if result.memory:
         lines += _memory(result.memory)
-    lines += _machine(result)
+    lines += markdown.machine_section(result.machine, result.other_work)
     return "\n".join(lines)
 
 
 def write(result: BenchResult, path: pathlib.Path) -> None:
     """Puts this run's section into `path`, replacing the previous one of the same device."""
-    key = section_key(result)
-    begin, end = f"<!-- bench section: {key} -->", f"<!-- end of bench section: {key} -->"
-    block = f"{begin}\n{render_section(result)}\n{end}"
-    text = path.read_text() if path.exists() else _HEADER
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    markdown.write_section(path, section_key(result), render_section(result), _HEADER)

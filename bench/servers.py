@@ -157,6 +157,15 @@ def _stop(server: RunningServer) -> None:
     server.process.wait()
 
 
+def stop_servers_on_sigterm() -> None:
+    """A SIGTERM unwinds like Ctrl-C, so every launched server is stopped on the way out."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 @contextlib.contextmanager
 def launch(spec: ServerSpec, log_dir: pathlib.Path) -> Iterator[RunningServer]:
     """Starts `spec`, waits until it answers, yields it, and always stops its process group."""
