@@ -92,13 +92,8 @@ def test_every_panel_queries_the_chosen_prometheus() -> None:
 def exported(bridge_url: str, worker_metrics_url: str) -> dict[str, set[str]]:
     """Series name → label names, as the session's bridge and worker export them once they
     served a streamed chat completion (histograms with labels have no series before)."""
-    body = {
-        "model": CHAT_MODEL,
-        "messages": [{"role": "user", "content": "Name three colours."}],
-        "max_tokens": 4,
-        "ignore_eos": True,
-        "stream": True,
-    }
+    messages = [{"role": "user", "content": "Name three colours."}]
+    body = {"model": CHAT_MODEL, "messages": messages, "max_tokens": 4, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", f"{bridge_url}/v1/chat/completions", json=body, timeout=120) as response:
         assert response.status_code == 200
         assert response.read().endswith(b"data: [DONE]\n\n")

@@ -22,13 +22,8 @@ from tests.servers import free_port, start_bridge, start_worker
 from .conftest import CHAT_MODEL
 
 MODEL = {"model": CHAT_MODEL}
-LONG = {
-    "model": CHAT_MODEL,
-    "messages": [{"role": "user", "content": "Tell me a very long story."}],
-    "max_tokens": 4000,
-    "ignore_eos": True,
-    "stream": True,
-}
+STORY = [{"role": "user", "content": "Tell me a very long story."}]
+LONG = {"model": CHAT_MODEL, "messages": STORY, "max_tokens": 4000, "ignore_eos": True, "stream": True}
 
 
 @pytest.fixture(scope="module")

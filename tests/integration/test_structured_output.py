@@ -14,58 +14,31 @@ from tests.integration.conftest import CHAT_MODEL
 from tests.rich_status import violated_fields
 from tokenwire.v1 import generation_pb2
 
-PERSON = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 24},
-        "age": {"type": "integer", "minimum": 18, "maximum": 65},
-    },
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
+
+def _closed_object(**properties: dict) -> dict:
+    """A JSON schema object that requires each of `properties` and allows no other."""
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+PERSON = _closed_object(name={"type": "string", "maxLength": 24}, age={"type": "integer", "minimum": 18, "maximum": 65})
 SCHEMAS = {
     "required_fields": PERSON,
-    "enum": {
-        "type": "object",
-        "properties": {"color": {"enum": ["red", "green", "blue"]}, "certain": {"type": "boolean"}},
-        "required": ["color", "certain"],
-        "additionalProperties": False,
-    },
-    "array": {
-        "type": "object",
-        "properties": {
-            "planets": {"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 2, "maxItems": 3}
-        },
-        "required": ["planets"],
-        "additionalProperties": False,
-    },
-    "nested": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string", "maxLength": 20},
-            "location": {
-                "type": "object",
-                "properties": {
-                    "country": {"type": "string", "maxLength": 20},
-                    "population_millions": {"type": "number", "minimum": 0, "maximum": 50},
-                },
-                "required": ["country", "population_millions"],
-                "additionalProperties": False,
-            },
-        },
-        "required": ["city", "location"],
-        "additionalProperties": False,
-    },
-    "integer_ranges": {
-        "type": "object",
-        "properties": {
-            "year": {"type": "integer", "minimum": 1900, "maximum": 2030},
-            "month": {"type": "integer", "minimum": 1, "maximum": 12},
-            "negative": {"type": "integer", "exclusiveMaximum": 0, "minimum": -99},
-        },
-        "required": ["year", "month", "negative"],
-        "additionalProperties": False,
-    },
+    "enum": _closed_object(color={"enum": ["red", "green", "blue"]}, certain={"type": "boolean"}),
+    "array": _closed_object(
+        planets={"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 2, "maxItems": 3}
+    ),
+    "nested": _closed_object(
+        city={"type": "string", "maxLength": 20},
+        location=_closed_object(
+            country={"type": "string", "maxLength": 20},
+            population_millions={"type": "number", "minimum": 0, "maximum": 50},
+        ),
+    ),
+    "integer_ranges": _closed_object(
+        year={"type": "integer", "minimum": 1900, "maximum": 2030},
+        month={"type": "integer", "minimum": 1, "maximum": 12},
+        negative={"type": "integer", "exclusiveMaximum": 0, "minimum": -99},
+    ),
 }
 PROMPTS = {
     "required_fields": "Invent a person.",

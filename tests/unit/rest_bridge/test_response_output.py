@@ -22,22 +22,33 @@ def _names(events: list[dict[str, Any]]) -> list[str]:
     return [event["type"] for event in events]
 
 
+def _text_item(deltas: int) -> list[str]:
+    """The events of one message item with `deltas` text deltas, from its opening to its end."""
+    return [
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * deltas,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+
+
+def _call_item(deltas: int) -> list[str]:
+    """The events of one function_call item with `deltas` argument deltas."""
+    return [
+        "response.output_item.added",
+        *["response.function_call_arguments.delta"] * deltas,
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+    ]
+
+
 def test_a_text_answer_streams_openai_events_in_order():
     builder = _builder()
     events = builder.started() + builder.text("Hel") + builder.text("") + builder.text("lo")
     events += builder.finish(generation_pb2.FINISH_REASON_STOP, USAGE)
-    assert _names(events) == [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.content_part.added",
-        "response.output_text.delta",
-        "response.output_text.delta",
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.completed",
-    ]
+    assert _names(events) == ["response.created", "response.in_progress", *_text_item(2), "response.completed"]
     assert [event["sequence_number"] for event in events] == list(range(10))
     # Snapshots: each event shows the item as it was then.
     assert events[0]["response"]["output"] == [] and events[0]["response"]["status"] == "in_progress"
@@ -71,24 +82,7 @@ def test_text_then_tool_calls_close_each_item_before_the_next():
         )
     )
     events += builder.finish(generation_pb2.FINISH_REASON_TOOL_CALLS, USAGE)
-    assert _names(events) == [
-        "response.output_item.added",
-        "response.content_part.added",
-        "response.output_text.delta",
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.output_item.added",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.done",
-        "response.output_item.done",
-        "response.output_item.added",
-        "response.function_call_arguments.delta",
-        "response.function_call_arguments.done",
-        "response.output_item.done",
-        "response.completed",
-    ]
+    assert _names(events) == [*_text_item(1), *_call_item(2), *_call_item(1), "response.completed"]
     message, first, second = builder.response["output"]
     assert [item["type"] for item in (message, first, second)] == ["message", "function_call", "function_call"]
     assert (first["call_id"], first["name"], first["arguments"], first["status"]) == (
