@@ -7,7 +7,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 
-import grpc
 import httpx
 import pytest
 from opentelemetry import trace
@@ -17,10 +16,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from rest_bridge.app import create_app
 from rest_bridge.config import BridgeSettings
+from service.api_server import ApiServicers, api_server
 from service.models.registry import ModelRegistry
 from service.servicers.generation import GenerationServicer
 from service.servicers.status import ErrorMappingInterceptor
-from tokenwire.v1 import generation_pb2_grpc
+from tests.in_process import listening
 
 from .conftest import CHAT_MODEL
 
@@ -40,12 +40,9 @@ async def worker(generation_model) -> AsyncIterator[str]:
     registry = ModelRegistry()
     registry.add(generation_model)
     registry.ready = True
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()])
-    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(registry), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield f"127.0.0.1:{port}"
-    await server.stop(grace=None)
+    server, _ = api_server(ApiServicers(generation=GenerationServicer(registry)), [ErrorMappingInterceptor()])
+    async with listening(server) as address:
+        yield address
 
 
 def _children(spans: list[ReadableSpan], parent: ReadableSpan) -> list[ReadableSpan]:
