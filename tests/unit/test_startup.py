@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from tests.servers import free_port
 from tokenwire.cli import main
@@ -69,6 +70,12 @@ def test_a_missing_device(capsys):
     # Whether or not this machine has CUDA devices, it has no hundredth.
     code, line = _exit(["worker", "--grpc-port", str(free_port()), "--device", "cuda:99"], capsys)
     assert code == 1 and line.startswith("tokenwire worker: --device cuda:99: ")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_on_a_machine_without_it(capsys):
+    code, line = _exit(["worker", "--grpc-port", str(free_port()), "--device", "cuda"], capsys)
+    assert (code, line) == (1, "tokenwire worker: --device cuda: no CUDA device is available")
 
 
 def test_ports_in_use(taken_port, capsys):
