@@ -105,9 +105,11 @@ def test_flags_that_need_no_model_are_checked_before_loading(command, flags, lin
 
 
 def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path):
-    not_a_model = tmp_path / "empty"
+    # Weights by their name (an empty directory is refused before loading: tests/unit/test_startup.py).
+    not_a_model = tmp_path / "corrupt"
     not_a_model.mkdir()
-    spec = f"acme/empty={not_a_model}"
+    (not_a_model / "model.safetensors").write_bytes(b"not safetensors")
+    spec = f"acme/corrupt={not_a_model}"
     result = subprocess.run(
         [sys.executable, "-m", "tokenwire.cli", "worker", "--grpc-port", str(free_port()), "--cache-dir", str(CACHE_DIR),
          "--no-default-models", "--model", spec],

@@ -61,6 +61,14 @@ def test_bad_settings(argv, line, capsys):
     assert code != 0 and message == line
 
 
+def test_a_model_without_weights(tmp_path, capsys):
+    spec = f"acme/empty={tmp_path}"
+    code, line = _exit(["worker", "--grpc-port", str(free_port()), "--model", spec], capsys)
+    assert (code, line) == (
+        1, f"tokenwire worker: --model {spec}: has no weight files (--load-format dummy serves its config with random weights)"
+    )
+
+
 def test_a_bad_environment_variable_reads_as_its_flag(capsys, monkeypatch):
     monkeypatch.setenv("TOKENWIRE_MAX_WAITING", "lots")
     assert _exit(["serve"], capsys) == (2, "tokenwire serve: argument --max-waiting: expected a whole number, got 'lots'")
