@@ -11,7 +11,9 @@ Layouts, per layer:
   (paged_attention.cpp);
 - values [blocks, kv_heads, block_size, head_dim]: one position's values are a run.
 
-The tensors are allocated empty: on CPU, pages that no block has used yet cost no resident memory.
+The tensors are zeroed when the worker starts, so the whole budget is resident from then on: a
+budget that does not fit fails at start, not hours later when the prefix cache has filled the
+pool, and the worker's memory stays flat while it serves (a growing one is a leak, not the cache).
 Positions past a sequence's length are never read by tokenwire's kernel; torch's path masks them.
 """
 from __future__ import annotations
@@ -34,8 +36,8 @@ class PagedKVCache:
         self.blocks = blocks
         self.block_size = block_size
         self.keys = [
-            torch.empty(blocks, kv_heads, head_dim, block_size, dtype=dtype, device=device) for _ in range(layers)
+            torch.zeros(blocks, kv_heads, head_dim, block_size, dtype=dtype, device=device) for _ in range(layers)
         ]
         self.values = [
-            torch.empty(blocks, kv_heads, block_size, head_dim, dtype=dtype, device=device) for _ in range(layers)
+            torch.zeros(blocks, kv_heads, block_size, head_dim, dtype=dtype, device=device) for _ in range(layers)
         ]
