@@ -1,5 +1,6 @@
-"""The paged KV cache's arithmetic, common to every backend: block size, bytes per token, and how
-many blocks a memory budget holds. Each backend lays its blocks' tensors out its own way."""
+"""The paged KV cache's arithmetic, common to every backend: block size, bytes per token, how many
+blocks a memory budget holds, and what the runners that keep keys and values in the engine's
+blocks share. Each backend lays its blocks' tensors out its own way."""
 from __future__ import annotations
 
 import torch
@@ -23,3 +24,22 @@ def blocks_for_budget(budget_bytes: int, *, block_size: int, token_bytes: int) -
             f"({block_size * token_bytes} bytes for {block_size} tokens)"
         )
     return blocks
+
+
+class BlockRunner:
+    """The part of a runner whose keys and values live in the engine's blocks: `keys` and
+    `values` hold a tensor per layer, indexed by block first."""
+
+    shares_blocks = True
+    block_size = BLOCK_SIZE
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    def release(self, sequence: int) -> None:
+        """Nothing to do: a sequence's state is its blocks, which the engine holds."""
+
+    @torch.inference_mode()
+    def copy_block(self, source: int, target: int) -> None:
+        for keys, values in zip(self.keys, self.values):
+            keys[target] = keys[source]
+            values[target] = values[source]

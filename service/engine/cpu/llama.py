@@ -24,7 +24,7 @@ from service.engine.cpu import native
 from service.engine.cpu.kv_cache import PagedKVCache
 from service.engine.cpu.quantized import Linear, Quantization
 from service.engine.cpu.torchscript import script
-from service.engine.kv_memory import BLOCK_SIZE, blocks_for_budget, bytes_per_token
+from service.engine.kv_memory import BLOCK_SIZE, BlockRunner, blocks_for_budget, bytes_per_token
 from service.engine.llama_family import fused_projection, rms_norm, rotary_table, rotate
 from service.engine.types import StepEntry
 
@@ -188,25 +188,15 @@ def _torch_attention(
     return out
 
 
-class LlamaRunner:
+class LlamaRunner(BlockRunner):
     """Runs steps of prompt chunks and decode tokens against a PagedKVCache (see
     runner.ModelRunner for the interface).
 
     The forward pass runs as TorchScript (see torchscript.py): the whole step, index tensors
     included, in one call with the GIL released."""
 
-    shares_blocks = True
-    block_size = BLOCK_SIZE
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        *,
-        kv_cache_bytes: int,
-        max_length: int,
-        dtype: torch.dtype | None = None,
-        quantization: Quantization = Quantization.NONE,
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, *, kv_cache_bytes: int, max_length: int,
+                 dtype: torch.dtype | None = None, quantization: Quantization = Quantization.NONE) -> None:
         """Takes the weights of `model` (which may be float32 so that quantization starts from
         exact values) and computes in `dtype` (default: the model's). The KV cache gets as many
         blocks as `kv_cache_bytes` holds."""
@@ -229,20 +219,12 @@ class LlamaRunner:
             device=self.device,
         )
         self.blocks = self.cache.blocks
+        self.keys, self.values = self.cache.keys, self.cache.values
         # On CPU, decode steps (memory-bound) run on the configured threads, and steps with
         # prompt chunks (compute-bound) on every core.
         self._cpu_threads = {False: torch.get_num_threads(), True: len(os.sched_getaffinity(0))}
         for start in range(2):  # see torchscript.py
             self.step([StepEntry(sequence=0, blocks=[0], token_ids=[0], start=start)])
-
-    def release(self, sequence: int) -> None:
-        """Nothing to do: a sequence's state is its blocks, which the engine holds."""
-
-    @torch.inference_mode()
-    def copy_block(self, source: int, target: int) -> None:
-        for keys, values in zip(self.cache.keys, self.cache.values):
-            keys[target] = keys[source]
-            values[target] = values[source]
 
     @torch.inference_mode()
     def step(self, entries: list[StepEntry]) -> torch.Tensor:
@@ -275,4 +257,4 @@ class LlamaRunner:
             threads = self._cpu_threads[len(ids) > PROMPT_STEP_TOKENS]
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
-        return self._forward(tokens, self.cache.keys, self.cache.values)
+        return self._forward(tokens, self.keys, self.values)

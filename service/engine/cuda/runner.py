@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from service.engine.cuda.decode_attention import paged_decode_attention, triton_runs_on
-from service.engine.kv_memory import BLOCK_SIZE, blocks_for_budget, bytes_per_token
+from service.engine.kv_memory import BlockRunner, blocks_for_budget, bytes_per_token
 from service.engine.llama_family import fused_projection, rms_norm, rotary_table, rotate
 from service.engine.types import StepEntry
 
@@ -103,21 +103,11 @@ class _Graph:
     logits: torch.Tensor
 
 
-class CudaRunner:
+class CudaRunner(BlockRunner):
     """Runs steps of prompt chunks and decode tokens (see runner.ModelRunner for the interface)."""
 
-    shares_blocks = True
-    block_size = BLOCK_SIZE
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        *,
-        kv_cache_bytes: int,
-        max_length: int,
-        dtype: torch.dtype | None = None,
-        max_batch: int = 64,
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, *, kv_cache_bytes: int, max_length: int,
+                 dtype: torch.dtype | None = None, max_batch: int = 64) -> None:
         """Takes the weights of `model` (emptying its projections) and computes in `dtype` (default:
         the model's). The KV cache gets as many blocks as `kv_cache_bytes` holds; decode steps of
         up to `max_batch` rows replay CUDA graphs on a GPU."""
@@ -146,15 +136,6 @@ class CudaRunner:
         self._graphs: dict[int, _Graph] = {}
         if self.device.type == "cuda":
             self._capture_graphs([size for size in _GRAPH_SIZES if size <= max_batch])
-
-    def release(self, sequence: int) -> None:
-        """Nothing to do: a sequence's state is its blocks, which the engine holds."""
-
-    @torch.inference_mode()
-    def copy_block(self, source: int, target: int) -> None:
-        for keys, values in zip(self.keys, self.values):
-            keys[target] = keys[source]
-            values[target] = values[source]
 
     @torch.inference_mode()
     def step(self, entries: list[StepEntry]) -> torch.Tensor:

@@ -13,7 +13,15 @@ from service.engine.cuda.decode_attention import paged_decode_attention
 from service.engine.cuda.runner import CudaRunner
 from service.engine.runner import create_runner
 
-from .test_llama_runner import KV_CACHE_BYTES, VARIANTS, _entry, _greedy, _random_model, _reference
+from .test_llama_runner import (
+    KV_CACHE_BYTES,
+    VARIANTS,
+    _entry,
+    _greedy,
+    _random_model,
+    _reference,
+    batched_and_solo_logits,
+)
 
 DEVICES = [
     "cpu",
@@ -29,19 +37,10 @@ def _runner(model: torch.nn.Module, device: str, **kwargs) -> CudaRunner:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_greedy_tokens_match_transformers(variant, device):
+def test_logits_and_greedy_tokens_match_transformers(variant, device):
     model = _random_model(VARIANTS[variant])
-    runner = _runner(model, device)
-    prompt = torch.randint(3, 256, (45,), generator=torch.Generator().manual_seed(1)).tolist()
-    assert _greedy(runner, prompt, 16, chunk=20) == _reference(model, prompt, 16)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_logits_of_chunks_and_decode_steps_match_transformers(variant, device):
-    model = _random_model(VARIANTS[variant])
-    runner = _runner(model, device)
     prompt = torch.randint(3, 256, (70,), generator=torch.Generator().manual_seed(2)).tolist()
+    runner = _runner(model, device)
     ours = torch.cat([
         runner.step([_entry(1, prompt[:40], 0, logits_for=40)]),  # a first chunk
         runner.step([_entry(1, prompt[40:69], 40, logits_for=29)]),  # a chunk after cached blocks
@@ -50,22 +49,14 @@ def test_logits_of_chunks_and_decode_steps_match_transformers(variant, device):
     with torch.inference_mode():
         theirs = model(torch.tensor([prompt])).logits[0]
     torch.testing.assert_close(ours.cpu(), theirs, atol=1e-4, rtol=1e-4)
+    assert _greedy(_runner(model, device), prompt[:45], 16, chunk=20) == _reference(model, prompt[:45], 16)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_batched_step_gives_each_row_its_solo_logits_to_rounding(device):
-    model = _random_model(VARIANTS["gqa"])
-    runner = _runner(model, device)
-    prompts = [[5, 6, 7, 8, 9], [10, 11], list(range(12, 60))]
-    solo = [runner.step([_entry(1, prompt, 0)])[0] for prompt in prompts]
-    runner.step([_entry(1, prompts[0][:-1], 0), _entry(2, prompts[1][:-1], 0)])
-    batched = runner.step([
-        _entry(1, prompts[0][-1:], len(prompts[0]) - 1),
-        _entry(3, prompts[2], 0),
-        _entry(2, prompts[1][-1:], len(prompts[1]) - 1),
-    ])
+    batched, solo = batched_and_solo_logits(_runner(_random_model(VARIANTS["gqa"]), device))
     # The GPU's products may round a row differently beside other rows (see cuda/runner.py).
-    torch.testing.assert_close(batched, torch.stack([solo[0], solo[2], solo[1]]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched, solo, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -109,20 +109,25 @@ def test_lean_runner_logits_match_transformers(variant, attention):
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
-def test_a_batched_step_gives_each_row_its_solo_logits(attention):
-    model = _random_model(VARIANTS["gqa"])
-    runner = create_runner(model, kv_cache_bytes=KV_CACHE_BYTES, max_length=256)
-    assert runner.native_attention == (attention == "native")
+def batched_and_solo_logits(runner) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of a step where two sequences decode while a third prefills, and each row's
+    logits from steps of its own."""
     prompts = [[5, 6, 7, 8, 9], [10, 11], list(range(12, 60))]
     solo = [runner.step([_entry(1, prompt, 0)])[0] for prompt in prompts]
-    # Two sequences decode while a third prefills, in one step.
     runner.step([_entry(1, prompts[0][:-1], 0), _entry(2, prompts[1][:-1], 0)])
     batched = runner.step([
         _entry(1, prompts[0][-1:], len(prompts[0]) - 1),
         _entry(3, prompts[2], 0),
         _entry(2, prompts[1][-1:], len(prompts[1]) - 1),
     ])
-    expected = torch.stack([solo[0], solo[2], solo[1]])
+    return batched, torch.stack([solo[0], solo[2], solo[1]])
+
+
+def test_a_batched_step_gives_each_row_its_solo_logits(attention):
+    model = _random_model(VARIANTS["gqa"])
+    runner = create_runner(model, kv_cache_bytes=KV_CACHE_BYTES, max_length=256)
+    assert runner.native_attention == (attention == "native")
+    batched, expected = batched_and_solo_logits(runner)
     if attention == "native":  # every row through kernels that compute it alike in any batch
         assert torch.equal(batched, expected)
     else:  # torch's products: a row's last bits can depend on the rows beside it
