@@ -33,6 +33,7 @@ if triton is not None:
         cache_block_stride, cache_position_stride, cache_head_stride,
         table_row_stride,
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+        USE_DOT: tl.constexpr,
     ):
         row = tl.program_id(0)
         kv_head = tl.program_id(1)
@@ -45,7 +46,9 @@ if triton is not None:
         q = tl.load(
             q_ptr + row * q_row_stride + heads[:, None] * q_head_stride + dims[None, :],
             mask=in_group[:, None], other=0.0,
-        ).to(tl.float32)
+        )
+        if not USE_DOT:
+            q = q.to(tl.float32)
         best = tl.full([GROUP_PAD], float("-inf"), tl.float32)
         total = tl.zeros([GROUP_PAD], tl.float32)
         acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
@@ -54,15 +57,21 @@ if triton is not None:
             valid = index * BLOCK + positions < length
             offsets = (block * cache_block_stride + kv_head * cache_head_stride
                        + positions[:, None] * cache_position_stride + dims[None, :])
-            k = tl.load(k_ptr + offsets, mask=valid[:, None], other=0.0).to(tl.float32)
-            v = tl.load(v_ptr + offsets, mask=valid[:, None], other=0.0).to(tl.float32)
-            scores = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale
+            k = tl.load(k_ptr + offsets, mask=valid[:, None], other=0.0)
+            v = tl.load(v_ptr + offsets, mask=valid[:, None], other=0.0)
+            if USE_DOT:  # 16-bit caches: tensor-core products accumulated in float32
+                scores = tl.dot(q, tl.trans(k)) * scale
+            else:
+                scores = tl.sum(q[:, None, :] * k.to(tl.float32)[None, :, :], axis=2) * scale
             scores = tl.where(valid[None, :], scores, float("-inf"))
             new_best = tl.maximum(best, tl.max(scores, axis=1))
             weights = tl.exp(scores - new_best[:, None])
             rescale = tl.exp(best - new_best)
             total = total * rescale + tl.sum(weights, axis=1)
-            acc = acc * rescale[:, None] + tl.sum(weights[:, :, None] * v[None, :, :], axis=1)
+            if USE_DOT:
+                acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
+            else:
+                acc = acc * rescale[:, None] + tl.sum(weights[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
             best = new_best
         out = acc / tl.where(total > 0, total, 1.0)[:, None]
         tl.store(
@@ -89,10 +98,14 @@ def paged_decode_attention(
     if triton_runs_on(q.device) and head_dim & (head_dim - 1) == 0:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         group = heads // kv_heads
+        # 16-bit caches go through tensor cores, whose products need at least 16 rows (query heads).
+        use_dot = q.dtype in (torch.bfloat16, torch.float16)
         _paged_decode_kernel[(rows, kv_heads)](
             q, keys, values, tables, lengths, out, scale,
-            q.stride(0), q.stride(1), out.stride(0), out.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), tables.stride(0),
-            GROUP=group, GROUP_PAD=max(triton.next_power_of_2(group), 2), BLOCK=keys.shape[1], HEAD_DIM=head_dim,
+            q.stride(0), q.stride(1), out.stride(0), out.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
+            tables.stride(0),
+            GROUP=group, GROUP_PAD=max(triton.next_power_of_2(group), 16 if use_dot else 2), BLOCK=keys.shape[1],
+            HEAD_DIM=head_dim, USE_DOT=use_dot,
         )
         return out
     return _torch_decode_attention(q, keys, values, tables, lengths, scale)

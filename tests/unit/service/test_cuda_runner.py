@@ -1,7 +1,8 @@
 """The CUDA backend's runner against transformers on tiny random models of each variant the
 reference models use. On CPU (every run) its decode attention is torch's arithmetic; on a GPU
 (`pytest -m gpu`) the Triton kernel and the CUDA graphs run. With the triton package installed,
-TRITON_INTERPRET=1 runs the Triton kernel on CPU too (slowly)."""
+TRITON_INTERPRET=1 runs the Triton kernel on CPU too (slowly; the interpreter cannot take bf16
+products, triton-lang/triton#11584, so its tensor-core path checks there in float16 only)."""
 from __future__ import annotations
 
 import copy
@@ -59,24 +60,27 @@ def test_a_batched_step_gives_each_row_its_solo_logits_to_rounding(device):
     torch.testing.assert_close(batched, solo, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])  # bf16: tensor cores
 @pytest.mark.parametrize("device", DEVICES)
-def test_decode_attention_reads_each_rows_blocks_in_place(device):
+def test_decode_attention_reads_each_rows_blocks_in_place(device, dtype):
     generator = torch.Generator().manual_seed(3)
     blocks, block_size, kv_heads, group, head_dim = 12, 32, 2, 4, 64
-    keys = torch.randn(blocks, block_size, kv_heads, head_dim, generator=generator).to(device)
-    values = torch.randn(blocks, block_size, kv_heads, head_dim, generator=generator).to(device)
+    keys = torch.randn(blocks, block_size, kv_heads, head_dim, generator=generator).to(device, dtype)
+    values = torch.randn(blocks, block_size, kv_heads, head_dim, generator=generator).to(device, dtype)
     tables = torch.tensor([[7, 2, 9, 0], [4, 0, 0, 0], [11, 3, 5, 1]], device=device)
     lengths = torch.tensor([70, 1, 0], device=device)  # the last row attends nothing
     # q as the runner has it: a view into the step's fused q, k, v projections.
-    q = torch.randn(3, (group + 2) * kv_heads, head_dim, generator=generator).to(device)[:, : group * kv_heads]
-    out = paged_decode_attention(q, keys, values, tables, lengths, scale=0.125)
+    q = torch.randn(3, (group + 2) * kv_heads, head_dim, generator=generator).to(device, dtype)[:, : group * kv_heads]
+    out = paged_decode_attention(q, keys, values, tables, lengths, scale=0.125).float()
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     for row in range(2):
         length = int(lengths[row])
-        row_keys = keys[tables[row]].flatten(0, 1)[:length]  # [length, kv_heads, head_dim]
-        row_values = values[tables[row]].flatten(0, 1)[:length]
+        row_keys = keys[tables[row]].flatten(0, 1)[:length].float()  # [length, kv_heads, head_dim]
+        row_values = values[tables[row]].flatten(0, 1)[:length].float()
         for head in range(kv_heads * group):
-            weights = (row_keys[:, head // group] @ q[row, head] * 0.125).softmax(0)
-            torch.testing.assert_close(out[row, head], weights @ row_values[:, head // group], atol=1e-5, rtol=1e-5)
+            weights = (row_keys[:, head // group] @ q[row, head].float() * 0.125).softmax(0)
+            expected = weights @ row_values[:, head // group]
+            torch.testing.assert_close(out[row, head], expected, atol=tolerance, rtol=tolerance)
     assert torch.equal(out[2], torch.zeros_like(out[2]))
 
 
