@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # moves them, as it moves the worker's.
 CACHE_DIR = default_cache_dir()
 # Fixtures that load the real default models (hf_model: tests/unit/service/test_engine.py).
-MODEL_FIXTURES = frozenset({"generation_model", "hf_model", "worker_address", "bridge_url", "secured"})
+MODEL_FIXTURES = frozenset({"generation_model", "hf_model", "worker_address", "bridge_url", "secured_stack"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

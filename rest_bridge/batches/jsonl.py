@@ -81,12 +81,13 @@ def validate(content: bytes, endpoint: str) -> Validation:
     return result
 
 
-def output_line(line_id: str, custom_id: str, status_code: int, request_id: str, body: Json) -> Json:
-    """The line of a request that was made: in the output file (2xx) or the error file."""
+def output_line(line_id: str, custom_id: str, status_code: int, body: Json) -> Json:
+    """The line of a request that was made: in the output file (2xx) or the error file. The line's
+    id is also the request id its call went out with."""
     return {
         "id": line_id,
         "custom_id": custom_id,
-        "response": {"status_code": status_code, "request_id": request_id, "body": body},
+        "response": {"status_code": status_code, "request_id": line_id, "body": body},
         "error": None,
     }
 

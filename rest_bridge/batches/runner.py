@@ -201,14 +201,14 @@ class BatchRunner:
             try:
                 request = endpoint.request(line.body)
                 body = await endpoint.run(self._line_context(line_id, request.model), request)
-                result = LineResult(line.line, True, jsonl.output_line(line_id, line.custom_id, 200, line_id, body))
+                result = LineResult(line.line, True, jsonl.output_line(line_id, line.custom_id, 200, body))
                 break
             except calls.Interrupted:
                 pass
             except Exception as error:
                 failure = from_exception(error, {})
                 if failure.status not in _RETRIED:
-                    record = jsonl.output_line(line_id, line.custom_id, failure.status, line_id, failure.body())
+                    record = jsonl.output_line(line_id, line.custom_id, failure.status, failure.body())
                     result = LineResult(line.line, False, record)
                     break
             await asyncio.sleep(wait)

@@ -60,7 +60,9 @@ class ResponseBuilder:
         self._sequence_number = 0
 
     def _event(self, kind: str, **fields: Any) -> Json:
-        event = {"type": kind, "sequence_number": self._sequence_number, **copy.deepcopy(fields)}
+        # Snapshots (an item, a part, the response) are copied, as they change after the event.
+        snapshots = {key: copy.deepcopy(value) for key, value in fields.items() if isinstance(value, dict)}
+        event = {"type": kind, "sequence_number": self._sequence_number, **fields, **snapshots}
         self._sequence_number += 1
         return event
 

@@ -147,7 +147,8 @@ async def stream_events(
                         events += builder.tool_call_delta(call)
                     if delta.HasField("finish"):
                         reason = delta.finish.reason
-                    yield _encode(events)
+                    if events:
+                        yield _encode(events)
                 elif message.HasField("usage"):
                     usage = message.usage
             events = builder.finish(reason, usage)

@@ -18,13 +18,13 @@ class PageQuery:
     order: Order
 
 
-def page_query(request: Request, default_limit: int, max_limit: int, default_order: Order = "desc") -> PageQuery:
+def page_query(request: Request, default_limit: int, max_limit: int) -> PageQuery:
     """The list's query parameters; out of range or malformed ones are a 400 naming them."""
     params = request.query_params
     raw_limit = params.get("limit", str(default_limit))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= max_limit:
         raise APIError(400, f"Invalid value for 'limit': it must be an integer from 1 to {max_limit}.", param="limit")
-    order = params.get("order", default_order)
+    order = params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise APIError(400, "Invalid value for 'order': it must be 'asc' or 'desc'.", param="order")
     return PageQuery(after=params.get("after") or None, limit=int(raw_limit), order=order)  # type: ignore[arg-type]

@@ -171,6 +171,9 @@ async function send(event) {
   setBusy(true);
   const timing = { started: performance.now(), firstTokenAt: null, endedAt: null, usage: null, finish: null };
   let content = "";
+  // A reply is rendered (markdown parsed, DOM replaced) at most once per frame, not per chunk.
+  let frame = null;
+  const render = () => renderReply(reply, content, Boolean(body.response_format));
   try {
     await streamChat(body, {
       apiKey: apiKey(),
@@ -182,7 +185,10 @@ async function send(event) {
           timing.firstTokenAt ??= performance.now();
           content += choice.delta.content;
           reply.message.dataset.state = "streaming";
-          renderReply(reply, content, Boolean(body.response_format));
+          frame ??= requestAnimationFrame(() => {
+            frame = null;
+            render();
+          });
         }
         if (choice?.finish_reason) timing.finish = choice.finish_reason;
       },
@@ -195,9 +201,11 @@ async function send(event) {
     }
     timing.finish = "stopped";
   } finally {
+    if (frame !== null) cancelAnimationFrame(frame);
     inFlight = null;
     setBusy(false);
   }
+  render();
   timing.endedAt = performance.now();
   history.push({ role: "assistant", content });
   reply.message.dataset.state = timing.finish === "stopped" ? "stopped" : "done";

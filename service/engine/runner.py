@@ -40,7 +40,7 @@ class ModelRunner(Protocol):
 
     def step(self, entries: list[StepEntry]) -> torch.Tensor:
         """Runs the entries; returns float logits, each entry's last `logits_for` positions in
-        entry order ([rows, vocab])."""
+        entry order ([rows, vocab]), valid until the next step (a runner may reuse the memory)."""
 
     def release(self, sequence: int) -> None:
         """Forgets whatever the runner keeps for a sequence that stopped running."""

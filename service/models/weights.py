@@ -35,7 +35,7 @@ def weights_version(path: pathlib.Path, cache_dir: pathlib.Path) -> str:
 
     Digests are memoized per (path, size, mtime) so that large models are hashed once.
     """
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in _WEIGHT_SUFFIXES)
+    files = [path] if path.is_file() else _weight_files(path)
     memo_path = cache_dir / "digests.json"
     try:
         memo = json.loads(memo_path.read_text())
@@ -55,9 +55,13 @@ def weights_version(path: pathlib.Path, cache_dir: pathlib.Path) -> str:
     return combined.hexdigest()[:12]
 
 
+def _weight_files(directory: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in directory.rglob("*") if p.suffix in _WEIGHT_SUFFIXES)
+
+
 def has_weights(path: pathlib.Path) -> bool:
     """Whether `path` is a weight file or a directory holding one (not, say, a config alone)."""
-    return path.is_file() or any(p.suffix in _WEIGHT_SUFFIXES for p in path.rglob("*"))
+    return path.is_file() or bool(_weight_files(path))
 
 
 def converted_gguf_dir(gguf_path: pathlib.Path, version: str, cache_dir: pathlib.Path) -> pathlib.Path:

@@ -72,7 +72,7 @@ class SecuredStack:
 
 
 @pytest.fixture(scope="session")
-def secured(tmp_path_factory) -> Iterator[SecuredStack]:
+def secured_stack(tmp_path_factory) -> Iterator[SecuredStack]:
     logs = tmp_path_factory.mktemp("secured")
     metrics_port = free_port()
     worker_flags = [
@@ -96,8 +96,8 @@ def secured(tmp_path_factory) -> Iterator[SecuredStack]:
 
 
 @pytest.fixture(scope="session")
-def secured_channel(secured) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(secured.grpc_address) as channel:
+def secured_channel(secured_stack) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(secured_stack.grpc_address) as channel:
         yield channel
 
 

@@ -27,11 +27,12 @@ GENERATE = generation_pb2.GenerateRequest(text="Hello", stopping=generation_pb2.
 
 
 @pytest.fixture(scope="module")
-def misconfigured(secured, tmp_path_factory) -> Iterator[tuple[str, ServerProcess]]:
+def misconfigured(secured_stack, tmp_path_factory) -> Iterator[tuple[str, ServerProcess]]:
     """A bridge in front of the secured worker that sends a worker key the worker does not take."""
     port = free_port()
     flags = [f"--api-key={key}" for key in CLIENT_KEYS] + [f"--worker-api-key={WRONG_WORKER_KEY}"]
-    args = ["bridge", "--http-host", "127.0.0.1", "--http-port", str(port), "--worker-address", secured.grpc_address]
+    args = ["bridge", "--http-host", "127.0.0.1", "--http-port", str(port),
+            "--worker-address", secured_stack.grpc_address]
     logs = tmp_path_factory.mktemp("misconfigured")
     bridge = start(f"bridge-{port}", [*args, *flags, "--data-dir", str(logs / "data")], logs)
     url = f"http://127.0.0.1:{port}"
@@ -53,9 +54,9 @@ def misconfigured(secured, tmp_path_factory) -> Iterator[tuple[str, ServerProces
         ({"authorization": f"Basic {CLIENT_KEYS[0]}"}, 'Bearer realm="tokenwire"'),
     ],
 )
-def test_rest_without_a_valid_key_is_401_in_the_envelope(secured, headers, challenge):
+def test_rest_without_a_valid_key_is_401_in_the_envelope(secured_stack, headers, challenge):
     body = {"model": CHAT_MODEL, "messages": HI, "max_tokens": 2}
-    response = httpx.post(f"{secured.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    response = httpx.post(f"{secured_stack.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == challenge
     assert response.json() == {
@@ -69,25 +70,25 @@ def test_rest_without_a_valid_key_is_401_in_the_envelope(secured, headers, chall
     assert response.json()["error"]["message"] and "not-a-key" not in response.text
 
 
-def test_the_sdk_raises_authentication_error_on_a_wrong_key(secured):
+def test_the_sdk_raises_authentication_error_on_a_wrong_key(secured_stack):
     with pytest.raises(openai.AuthenticationError) as caught:
-        secured.openai_client("wrong").models.list()
+        secured_stack.openai_client("wrong").models.list()
     assert caught.value.status_code == 401 and caught.value.code == "invalid_api_key"
 
 
 @pytest.mark.parametrize("key", CLIENT_KEYS)
-def test_every_configured_key_works_and_the_bridge_authenticates_to_the_worker(secured, key):
+def test_every_configured_key_works_and_the_bridge_authenticates_to_the_worker(secured_stack, key):
     # The worker takes no client key: the answer proves the bridge sent its own worker key.
-    client = secured.openai_client(key)
+    client = secured_stack.openai_client(key)
     reply = client.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=3)
     assert reply.choices[0].message.content is not None
     chunks = list(client.chat.completions.create(model=CHAT_MODEL, messages=HI, max_tokens=3, stream=True))
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
 
 
-def test_health_and_metrics_stay_open(secured):
-    assert httpx.get(f"{secured.url}/health", timeout=10).status_code == 200
-    metrics = httpx.get(f"{secured.url}/metrics", timeout=10)
+def test_health_and_metrics_stay_open(secured_stack):
+    assert httpx.get(f"{secured_stack.url}/health", timeout=10).status_code == 200
+    metrics = httpx.get(f"{secured_stack.url}/metrics", timeout=10)
     assert metrics.status_code == 200 and "tokenwire_http_requests_total" in metrics.text
 
 

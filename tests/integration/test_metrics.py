@@ -138,8 +138,8 @@ def test_bridge_counts_the_tokens_of_a_stream_the_client_closed(bridge_url, http
     assert _delta(before, after, "tokenwire_prompt_tokens_total", model=CHAT_MODEL) > 0
 
 
-def test_worker_counts_tokens_finish_reasons_and_time_to_first_token(secured, secured_stubs):
-    before = scrape(secured.worker_metrics_url)
+def test_worker_counts_tokens_finish_reasons_and_time_to_first_token(secured_stack, secured_stubs):
+    before = scrape(secured_stack.worker_metrics_url)
     request = generation_pb2.GenerateRequest(
         model=CHAT_MODEL,
         text="The weather today is",
@@ -149,7 +149,7 @@ def test_worker_counts_tokens_finish_reasons_and_time_to_first_token(secured, se
     reply = secured_stubs.generation.Generate(
         request, metadata=(("authorization", f"Bearer {BRIDGE_WORKER_KEY}"),), timeout=60
     )
-    after = scrape(secured.worker_metrics_url)
+    after = scrape(secured_stack.worker_metrics_url)
     model = {"model": CHAT_MODEL}
     assert reply.usage.completion_tokens == 8
     assert _delta(before, after, "tokenwire_engine_generated_tokens_total", **model) == 8
@@ -167,6 +167,6 @@ def test_worker_counts_tokens_finish_reasons_and_time_to_first_token(secured, se
     assert 0 < forward <= _delta(before, after, "tokenwire_engine_step_seconds_total", **model)
 
 
-def test_worker_metrics_port_is_plain_http_without_a_key(secured):
-    response = httpx.get(secured.worker_metrics_url, timeout=10)
+def test_worker_metrics_port_is_plain_http_without_a_key(secured_stack):
+    response = httpx.get(secured_stack.worker_metrics_url, timeout=10)
     assert response.status_code == 200 and "tokenwire_engine_running_sequences" in response.text

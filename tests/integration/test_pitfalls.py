@@ -105,7 +105,7 @@ def test_pitfall_03_finish_reason_is_stop_or_length(client, http):
         assert [r for r in reasons if r is not None] == [reason], (extra, reasons)
 
 
-def test_pitfall_04_every_error_is_an_envelope(http, secured):
+def test_pitfall_04_every_error_is_an_envelope(http, secured_stack):
     """Enveloped bodies with string-or-null codes: validation is 400 (never 422 or 500), and a
     401 has a body too."""
     cases = [
@@ -119,7 +119,7 @@ def test_pitfall_04_every_error_is_an_envelope(http, secured):
         (http.post(CHAT, json={"model": "nobody/nothing", "messages": HI}), 404, "model"),
         (http.get("/v1/no-such-route"), 404, None),
         (http.delete("/v1/models"), 405, None),
-        (httpx.get(f"{secured.url}/v1/models", timeout=10), 401, None),
+        (httpx.get(f"{secured_stack.url}/v1/models", timeout=10), 401, None),
     ]
     for response, status, param in cases:
         assert response.status_code == status, response.text

@@ -100,7 +100,7 @@ def test_grpc_reports_cached_tokens_in_prompt_info_and_usage(stub):
     assert "".join(e.delta.text for e in events if e.HasField("delta")) == first.sequences[0].text
 
 
-def test_the_worker_exports_kv_cache_and_prefix_cache_metrics(secured, secured_stubs):
+def test_the_worker_exports_kv_cache_and_prefix_cache_metrics(secured_stack, secured_stubs):
     metadata = (("authorization", f"Bearer {BRIDGE_WORKER_KEY}"),)
     request = generation_pb2.GenerateRequest(
         model=CHAT_MODEL,
@@ -108,10 +108,10 @@ def test_the_worker_exports_kv_cache_and_prefix_cache_metrics(secured, secured_s
         stopping=generation_pb2.StoppingCriteria(max_new_tokens=2),
     )
     secured_stubs.generation.Generate(request, metadata=metadata, timeout=60)
-    before = scrape(secured.worker_metrics_url)
+    before = scrape(secured_stack.worker_metrics_url)
     reply = secured_stubs.generation.Generate(request, metadata=metadata, timeout=60)
     card = secured_stubs.models.GetModel(models_pb2.GetModelRequest(id=CHAT_MODEL), metadata=metadata, timeout=10)
-    after = scrape(secured.worker_metrics_url)
+    after = scrape(secured_stack.worker_metrics_url)
     model = {"model": CHAT_MODEL}
 
     def delta(name: str) -> float:

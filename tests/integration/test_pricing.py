@@ -19,8 +19,8 @@ def _chat_cost(prompt_tokens: int, completion_tokens: int) -> float:
     return (prompt_tokens * CHAT_PRICES[0] + completion_tokens * CHAT_PRICES[1]) / 1e6
 
 
-def test_rest_chat_cost_streamed_and_not(secured):
-    client = secured.openai_client(CLIENT_KEYS[0])
+def test_rest_chat_cost_streamed_and_not(secured_stack):
+    client = secured_stack.openai_client(CLIENT_KEYS[0])
     args = dict(model=CHAT_MODEL, messages=HI, max_tokens=6, temperature=0)
     usage = client.chat.completions.create(**args).usage
     assert usage.estimated_cost == pytest.approx(_chat_cost(usage.prompt_tokens, usage.completion_tokens))
@@ -29,15 +29,16 @@ def test_rest_chat_cost_streamed_and_not(secured):
     assert chunks[-1].usage.estimated_cost == pytest.approx(usage.estimated_cost)
 
 
-def test_rest_completions_with_several_prompts_add_up_their_costs(secured):
-    client = secured.openai_client(CLIENT_KEYS[0])
+def test_rest_completions_with_several_prompts_add_up_their_costs(secured_stack):
+    client = secured_stack.openai_client(CLIENT_KEYS[0])
     reply = client.completions.create(model=CHAT_MODEL, prompt=["One", "Two three"], max_tokens=3, n=2)
     usage = reply.usage
     assert usage.estimated_cost == pytest.approx(_chat_cost(usage.prompt_tokens, usage.completion_tokens))
 
 
-def test_rest_embeddings_cost(secured):
-    usage = secured.openai_client(CLIENT_KEYS[0]).embeddings.create(model=EMBEDDING_MODEL, input=["a b c", "d"]).usage
+def test_rest_embeddings_cost(secured_stack):
+    client = secured_stack.openai_client(CLIENT_KEYS[0])
+    usage = client.embeddings.create(model=EMBEDDING_MODEL, input=["a b c", "d"]).usage
     assert usage.estimated_cost == pytest.approx(usage.prompt_tokens * EMBEDDING_PRICE / 1e6)
     assert usage.estimated_cost > 0
 

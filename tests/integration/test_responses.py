@@ -30,9 +30,17 @@ WEATHER_TOOL = {
 }
 
 
+def _chat_reply(client: openai.OpenAI, messages: list[dict], max_tokens: int):
+    return client.chat.completions.create(model=CHAT_MODEL, messages=messages, max_tokens=max_tokens, temperature=0)
+
+
 def _chat_text(client: openai.OpenAI, messages: list[dict], max_tokens: int) -> tuple[str, int]:
-    reply = client.chat.completions.create(model=CHAT_MODEL, messages=messages, max_tokens=max_tokens, temperature=0)
+    reply = _chat_reply(client, messages, max_tokens)
     return reply.choices[0].message.content or "", reply.usage.prompt_tokens
+
+
+# The Responses status of a chat answer's finish reason.
+STATUS_OF_FINISH = {"stop": "completed", "length": "incomplete"}
 
 
 def _sse(http, body: dict) -> list[tuple[str, dict]]:
@@ -52,9 +60,10 @@ def test_create_answers_as_chat_does_with_openai_shape(client):
     response = client.responses.create(
         model=CHAT_MODEL, instructions="Answer briefly.", input=QUESTION, max_output_tokens=12, temperature=0
     )
-    text, prompt_tokens = _chat_text(
+    reply = _chat_reply(
         client, [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": QUESTION}], 12
     )
+    text, prompt_tokens = reply.choices[0].message.content or "", reply.usage.prompt_tokens
     assert response.object == "response" and response.id.startswith("resp_")
     assert response.output_text == text and text
     [message] = response.output
@@ -64,7 +73,7 @@ def test_create_answers_as_chat_does_with_openai_shape(client):
     assert usage.input_tokens == prompt_tokens and usage.total_tokens == usage.input_tokens + usage.output_tokens
     assert usage.input_tokens_details.cached_tokens >= 0 and usage.output_tokens_details.reasoning_tokens == 0
     assert response.model == CHAT_MODEL and response.instructions == "Answer briefly." and response.store is True
-    assert response.status in ("completed", "incomplete")
+    assert response.status == STATUS_OF_FINISH[reply.choices[0].finish_reason]
 
 
 def test_stream_sends_openai_events_in_order(client, http):
@@ -86,7 +95,8 @@ def test_stream_sends_openai_events_in_order(client, http):
         "response.output_item.done",
         names[-1],
     ]
-    assert names[-1] in ("response.completed", "response.incomplete")
+    reply = _chat_reply(client, [{"role": "user", "content": QUESTION}], 12)
+    assert names[-1] == f"response.{STATUS_OF_FINISH[reply.choices[0].finish_reason]}"
     final = events[-1][1]["response"]
     text = "".join(data["delta"] for name, data in events if name == "response.output_text.delta")
     assert events[-4][1]["text"] == text == final["output"][0]["content"][0]["text"]

@@ -15,12 +15,15 @@ try:
 except ImportError:  # CPU-only torch comes without triton
     triton = None
 
+# Triton runs its kernels on CPU with numpy instead (read once: triton reads it at import too).
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
 
 def triton_runs_on(device: torch.device) -> bool:
     """Whether the Triton kernel can run on `device` (a GPU, or any device under TRITON_INTERPRET=1)."""
     if triton is None:
         return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cuda" or _INTERPRETED
 
 
 if triton is not None:

@@ -116,7 +116,8 @@ class CudaRunner(BlockRunner):
         self.kernels = "triton" if triton_runs_on(self.device) else "torch"
         self.dtype = dtype or inner.embed_tokens.weight.dtype
         first = inner.layers[0].self_attn
-        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, first.head_dim
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = first.head_dim
         self.scale, self.eps = first.scaling, config.rms_norm_eps
         self.cos, self.sin = rotary_table(model, max_length, self.dtype)
         self.embed = inner.embed_tokens.weight.detach().to(self.dtype)
@@ -279,5 +280,4 @@ class CudaRunner(BlockRunner):
         graph.staging[: 4 * rows] = torch.tensor(ids + positions + slots + lengths)
         graph.inputs.copy_(graph.staging, non_blocking=True)
         graph.graph.replay()
-        # A copy: the graph's output is overwritten by the next replay, and logprobs are shaped later.
-        return graph.logits[:used].clone()
+        return graph.logits[:used]  # overwritten by the next replay, as ModelRunner.step allows

@@ -54,11 +54,11 @@ def test_an_empty_file_and_too_many_lines_fail_as_a_whole():
 
 
 def test_output_and_error_lines_have_openai_shape():
-    made = jsonl.output_line("batch_req_1", "a", 200, "req_1", {"object": "chat.completion"})
+    made = jsonl.output_line("batch_req_1", "a", 200, {"object": "chat.completion"})
     assert made == {
         "id": "batch_req_1",
         "custom_id": "a",
-        "response": {"status_code": 200, "request_id": "req_1", "body": {"object": "chat.completion"}},
+        "response": {"status_code": 200, "request_id": "batch_req_1", "body": {"object": "chat.completion"}},
         "error": None,
     }
     unrun = jsonl.unrun_line("batch_req_2", "b", "batch_cancelled", "Not run.")

@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 
+from service.engine.cpu.llama import LlamaRunner
 from service.engine.cuda.decode_attention import paged_decode_attention
 from service.engine.cuda.runner import CudaRunner
 from service.engine.runner import create_runner
@@ -105,4 +106,4 @@ def test_the_runner_frees_the_models_projections_as_it_takes_them():
 
 def test_cpu_models_get_the_cpu_backend():
     runner = create_runner(_random_model(VARIANTS["gqa"]), kv_cache_bytes=KV_CACHE_BYTES, max_length=64)
-    assert not isinstance(runner, CudaRunner)
+    assert isinstance(runner, LlamaRunner)
