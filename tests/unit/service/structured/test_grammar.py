@@ -216,4 +216,4 @@ async def test_the_engine_output_validates_against_the_schema_even_when_sampling
     for index in range(3):
         assert finishes[index].reason is FinishReason.STOP, texts[index]
         jsonschema.validate(json.loads(texts[index]), PERSON)
-    assert len(compiler._cache) >= 1
+    assert len(generation_model.constraints._cache) >= 1
